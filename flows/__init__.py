@@ -1,0 +1,1 @@
+"""Prefect flows: one per stage, the parent pipeline, and the `medlora` CLI."""

@@ -1,0 +1,1 @@
+"""The synthetic sample corpus: clinical notes with PHI, gold PHI spans and one-sentence targets."""

@@ -1,0 +1,1 @@
+"""De-identification: Presidio analysis with clinical recognizers, then consistent surrogates."""

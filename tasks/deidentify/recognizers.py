@@ -1,0 +1,191 @@
+"""Clinical PHI recognizers that Presidio's defaults lack.
+
+spaCy's small English NER misses most names in upper-case or lower-case notes, so names are also
+found by their context: header labels (PATIENT:, ATTENDING:), titles (Dr., Mrs.), credentials
+(", MD"), relations ("wife Mary") and "signed by". Candidate name tokens stop at the first word of
+a stop list, which keeps "Dr. Cook in two weeks" from swallowing "in".
+"""
+
+from __future__ import annotations
+
+import re
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+# Words that end a run of candidate name tokens (function words, common clinical words).
+STOP_WORDS = frozenset(
+    """a about after again all also am an and any are as at be been before being both but by can
+    could did do does during each for from had has have he her here hers him his how i if in into is
+    it its me more most my no nor not now of off on once only or other our out over own per same she
+    should so some such than that the their them then there these they this those through to too
+    under until up very was we were what when where which while who whom why will with would you your
+    patient patients pt history present illness presents presented reports reported denies states
+    seen see evaluated admitted discharged follow followed up call called note notes today yesterday
+    tomorrow daily weekly week weeks day days month months year years old male female man woman
+    who lives living home alone bedside at-bedside reached number phone fax email address insurance
+    member id mrn dob date service account license serial signed electronically dictated transcribed
+    md do rn np pa dr mr mrs ms miss exam examination assessment plan medications medication allergies
+    pain blood pressure heart rate normal abnormal left right bilateral mild moderate severe acute
+    chronic hospital clinic center medical general memorial unit icu er ed floor room bed
+    """.split()
+)
+
+NAME_TOKEN = r"[A-Za-z][A-Za-z'\-]*\.?"
+NAME_TOKENS = rf"{NAME_TOKEN}(?:[ ]{NAME_TOKEN}){{0,3}}"
+RELATIONS = (
+    "wife|husband|spouse|partner|daughter|son|mother|father|mom|dad|sister|brother|niece|nephew|aunt|"
+    "uncle|grandson|granddaughter|grandmother|grandfather|fiance|fiancee|boyfriend|girlfriend|friend|"
+    "guardian|proxy|caregiver|neighbor"
+)
+CREDENTIALS = r"MD|M\.D\.|DO|D\.O\.|RN|NP|PA|PA-C|CNM|CRNA|PhD|FACS|FACC"
+HEADER_LABELS = (
+    r"patient(?:[ ]name)?|name|pt|attending(?:[ ]physician)?|physician|pcp|primary care(?:[ ]physician)?|"
+    r"surgeon|assistant|anesthesiologist|referring(?:[ ]physician)?|consultant|provider|cc|dictated by|"
+    r"signed by|electronically signed by|reviewed by|nurse|resident|fellow|emergency contact|contact"
+)
+
+
+def leading_name_tokens(candidate: str, max_tokens: int = 3) -> str:
+    """The name-like prefix of `candidate`: tokens up to the first stop word."""
+    kept = []
+    for token in candidate.split(" ")[:max_tokens]:
+        bare = token.strip(".'-").lower()
+        if not bare or bare in STOP_WORDS or not bare[0].isalpha():
+            break
+        kept.append(token)
+    return " ".join(kept).rstrip(".") if kept else ""
+
+
+def trailing_name_tokens(candidate: str, max_tokens: int = 3) -> str:
+    kept = []
+    for token in reversed(candidate.split(" ")[-max_tokens:]):
+        bare = token.strip(".'-").lower()
+        if not bare or bare in STOP_WORDS or not bare[0].isalpha():
+            break
+        kept.append(token)
+    return " ".join(reversed(kept))
+
+
+class ContextNameRecognizer(EntityRecognizer):
+    """PERSON spans found by the words around them rather than by their capitalisation."""
+
+    AFTER_CONTEXT = [
+        (re.compile(rf"(?im)^[ \t]*(?:{HEADER_LABELS})[ \t]*:[ \t]*(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.85),
+        (re.compile(rf"(?i)\b(?:dr|mr|mrs|ms|miss|mx|prof|doctor)\.?[ ]+(?P<name>{NAME_TOKENS})"), 0.85),
+        (re.compile(rf"(?i)\b(?:{RELATIONS})(?:,|[ ]is|[ ]named)?[ ]+(?P<name>{NAME_TOKENS})"), 0.7),
+        (re.compile(rf"(?i)\b(?:signed|dictated|transcribed|reviewed|seen|examined)[ ]by[ ]+(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.8),
+    ]
+    BEFORE_CREDENTIAL = re.compile(rf"(?P<name>(?:{NAME_TOKEN}[ ]){{0,2}}{NAME_TOKEN}),?[ ]+(?:{CREDENTIALS})\b", re.I)
+
+    def __init__(self) -> None:
+        super().__init__(supported_entities=["PERSON"], name="ContextNameRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        results = []
+        for pattern, score in self.AFTER_CONTEXT:
+            for match in pattern.finditer(text):
+                name = leading_name_tokens(match.group("name"))
+                if name:
+                    start = match.start("name")
+                    results.append(RecognizerResult("PERSON", start, start + len(name), score))
+        for match in self.BEFORE_CREDENTIAL.finditer(text):
+            name = trailing_name_tokens(match.group("name"))
+            if name:
+                end = match.end("name")
+                results.append(RecognizerResult("PERSON", end - len(name), end, 0.75))
+        return results
+
+
+class GroupPatternRecognizer(EntityRecognizer):
+    """Like Presidio's PatternRecognizer, but the span is a named group (`phi`) of the match."""
+
+    def __init__(self, entity: str, patterns: list[tuple], name: str) -> None:
+        # Each pattern is (regex, score) or (regex, score, trim): trim(text, start, end) narrows the span.
+        self.patterns = [(re.compile(p[0], re.I | re.M), p[1], p[2] if len(p) > 2 else None) for p in patterns]
+        self.entity = entity
+        super().__init__(supported_entities=[entity], name=name)
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        results = []
+        for pattern, score, trim in self.patterns:
+            for match in pattern.finditer(text):
+                start, end = match.span("phi")
+                if trim is not None:
+                    start, end = trim(text, start, end)
+                if end > start:
+                    results.append(RecognizerResult(self.entity, start, end, score))
+        return results
+
+
+MONTHS = r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|sep(?:t|tember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+STREET_SUFFIX = (
+    r"street|st|avenue|ave|road|rd|lane|ln|drive|dr|court|ct|boulevard|blvd|way|place|pl|terrace|ter|"
+    r"circle|cir|parkway|pkwy|highway|hwy|square|sq|trail|trl|route|rte|crossing|loop|alley|row"
+)
+FACILITY = r"hospital|medical center|health center|medical centre|clinic|infirmary|health system|healthcare|nursing home|rehabilitation center|hospice"
+
+
+def trim_facility_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Drop leading stop words from a facility match ("admitted to the Mercy Hospital")."""
+    words = text[start:end].split(" ")
+    while len(words) > 1 and words[0].strip(".").lower() in STOP_WORDS and words[0].strip(".").lower() != "st":
+        start += len(words[0]) + 1
+        words = words[1:]
+    return start, end
+
+
+def trim_to_name_tokens(text: str, start: int, end: int) -> tuple[int, int]:
+    return start, start + len(leading_name_tokens(text[start:end]))
+
+
+def clinical_recognizers() -> list[EntityRecognizer]:
+    return [
+        ContextNameRecognizer(),
+        GroupPatternRecognizer("DATE", [
+            (r"(?P<phi>\b(?:0?[1-9]|1[0-2])[/\-.](?:0?[1-9]|[12]\d|3[01])[/\-.](?:\d{4}|\d{2})\b)", 0.85),
+            (r"(?P<phi>\b(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b)", 0.9),
+            (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+\d{{1,2}}(?:st|nd|rd|th)?,?[ ]+(?:19|20)\d{{2}}\b)", 0.9),
+            (rf"(?P<phi>\b\d{{1,2}}(?:st|nd|rd|th)?[ ]+(?:{MONTHS})\.?,?[ ]+(?:19|20)\d{{2}}\b)", 0.9),
+            (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+(?:19|20)\d{{2}}\b)", 0.6),
+        ], name="ClinicalDateRecognizer"),
+        GroupPatternRecognizer("AGE", [
+            (r"(?P<phi>\b(?:9\d|1[0-2]\d))(?=[ -]*(?:years?|yrs?|yo\b|y/o|y\.o\.))", 0.9),
+            (r"\b(?:age|aged)[ :]+(?P<phi>(?:9\d|1[0-2]\d))\b", 0.85),
+        ], name="OldAgeRecognizer"),
+        GroupPatternRecognizer("PHONE_NUMBER", [
+            (r"(?P<phi>(?<!\d)(?:\+?1[ .\-]?)?\(?\d{3}\)?[ .\-]?\d{3}[ .\-]\d{4}(?:[ ]*(?:x|ext\.?|extension)[ ]*\d{1,5})?)(?!\d)", 0.7),
+        ], name="ClinicalPhoneRecognizer"),
+        GroupPatternRecognizer("US_SSN", [
+            (r"(?P<phi>\b\d{3}-\d{2}-\d{4}\b)", 0.6),
+            (r"\b(?:ssn|social security(?: number| no\.?)?)[ :#]*(?P<phi>\d{3}[ \-]?\d{2}[ \-]?\d{4})\b", 0.95),
+        ], name="ClinicalSsnRecognizer"),
+        GroupPatternRecognizer("ID", [
+            (r"\b(?:mrn|medical record(?: number| no\.?| #)?|acct|account(?: number| no\.?)?|member id|"
+             r"policy(?: number| no\.?)?|subscriber id|license|licence|lic|npi|dea|serial|device id|unit no\.?|"
+             r"record(?: number| no\.?)|id)[ \t]*(?:#|no\.?|number)?[ \t]*[:#]?[ \t]*(?P<phi>[A-Z0-9][A-Z0-9\-]{3,})\b", 0.85),
+            (r"(?P<phi>\b[A-Z]{1,3}-?[A-Z]?\d{5,}\b)", 0.6),
+            (r"(?P<phi>\b\d{6,}\b)", 0.5),
+        ], name="ClinicalIdRecognizer"),
+        GroupPatternRecognizer("LOCATION", [
+            (rf"(?P<phi>\b\d{{1,6}}[ ]+(?:[A-Za-z][A-Za-z'.]*[ ]+){{1,4}}(?:{STREET_SUFFIX})\b\.?"
+             r"(?:,?[ ]+(?:apt|apartment|suite|ste|unit|#)\.?[ ]*[A-Za-z0-9\-]+)?)", 0.8),
+            (r",[ ]+(?P<phi>[A-Za-z][A-Za-z.' ]{1,30}?),[ ]+[A-Za-z]{2}[ ]+\d{5}(?:-\d{4})?\b", 0.8),
+            (r"\b[A-Za-z]{2}[ ]+(?P<phi>\d{5}(?:-\d{4})?)\b", 0.7),
+            (r"\bzip(?:[ ]code)?[ :#]*(?P<phi>\d{5}(?:-\d{4})?)\b", 0.9),
+            (r"\b(?:lives|living|resides|residing|moved)[ ]+(?:in|to)[ ]+(?P<phi>[A-Za-z][A-Za-z'\-]*(?:[ ][A-Za-z][A-Za-z'\-]*){0,2})", 0.6, trim_to_name_tokens),
+        ], name="ClinicalLocationRecognizer"),
+        GroupPatternRecognizer("HOSPITAL", [
+            (rf"(?P<phi>(?:\bst\.?[ ]+)?(?:\b[A-Za-z][A-Za-z'\-]*[ ]+){{1,3}}(?:{FACILITY})\b)", 0.7, trim_facility_span),
+        ], name="HospitalRecognizer"),
+        GroupPatternRecognizer("URL", [
+            (r"(?P<phi>\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:)])", 0.9),
+        ], name="ClinicalUrlRecognizer"),
+    ]
+
+

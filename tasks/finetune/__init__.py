@@ -1,0 +1,1 @@
+"""Base model preparation and LoRA expert training."""

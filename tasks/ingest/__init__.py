@@ -1,0 +1,1 @@
+"""Ingest: read raw notes in any supported format, map columns, quarantine bad rows."""

