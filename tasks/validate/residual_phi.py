@@ -1,0 +1,14 @@
+"""Structured identifiers that must not survive de-identification.
+
+Our surrogates come from ranges that are never issued (SSN area 9xx, the 555 exchange,
+example.org, documentation IP blocks), so each pattern excludes them and matches only identifiers
+that look real.
+"""
+
+RESIDUAL_PHI_PATTERNS: dict[str, str] = {
+    "ssn": r"(?<!\d)(?!9\d\d|000|666)\d{3}-\d{2}-\d{4}(?!\d)",
+    "phone": r"(?<!\d)\(?\d{3}\)?[ .\-]?(?!555)\d{3}[ .\-]\d{4}(?!\d)",
+    "email": r"(?i)[a-z0-9._%+\-]+@(?!example\.)[a-z0-9.\-]+\.[a-z]{2,}",
+    "url": r"(?i)\b(?:https?://|www\.)(?!example\.)",
+    "ip_address": r"(?<![\d.])(?!192\.0\.2\.|198\.51\.100\.|203\.0\.113\.)(?:\d{1,3}\.){3}\d{1,3}(?![\d.])",
+}
