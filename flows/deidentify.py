@@ -1,0 +1,33 @@
+"""Stage: replace PHI with consistent surrogates; nothing downstream of data/deid/ holds PHI."""
+
+import os
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, task
+
+from flows.ingest import INGESTED_DIR
+from flows.stage_runtime import stage_run
+from tasks.deidentify.engine import PhiDetector, deidentify_notes
+from tasks.deidentify.surrogates import load_or_create_key
+
+DEID_DIR = Path("data/deid")
+
+
+@task(persist_result=False)
+def deidentify(root: Path, params) -> dict:
+    notes = pd.read_parquet(root / INGESTED_DIR / "notes.parquet")
+    key = load_or_create_key(root, os.environ.get("MEDLORA_DEID_KEY"))
+    deidentified, stats = deidentify_notes(notes, PhiDetector(params.deidentify), key)
+    (root / DEID_DIR).mkdir(parents=True, exist_ok=True)
+    deidentified.to_parquet(root / DEID_DIR / "notes.parquet", index=False)
+    return stats
+
+
+@flow(name="deidentify", persist_result=False)
+def deidentify_flow(root: str = "."):
+    with stage_run("deidentify", root) as (root, params, report):
+        stats = deidentify(root, params)
+        report.records_in = report.records_out = stats.pop("notes")
+        report.metrics = stats
+    return report

@@ -1,0 +1,85 @@
+"""The parent flow: every stage in order, each re-used when DVC says nothing it depends on changed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from rich.console import Console
+from rich.table import Table
+
+from flows.corpus import corpus_flow
+from flows.deidentify import deidentify_flow
+from flows.finetune import finetune_flow
+from flows.ingest import ingest_flow
+from flows.prepare_base import prepare_base_flow
+from flows.register import register_flow
+from flows.validate import validate_flow
+from tasks.params import load_params
+from tasks.stages import StageReport, push_outputs, record_stage, stale_stages
+
+STAGE_FLOWS = {
+    "corpus": corpus_flow,
+    "prepare_base": prepare_base_flow,
+    "ingest": ingest_flow,
+    "deidentify": deidentify_flow,
+    "validate": validate_flow,
+    "finetune": finetune_flow,
+    "register": register_flow,
+}
+
+
+def run_stage(name: str, root: str | Path = ".") -> StageReport:
+    """Run one stage's flow (what `dvc repro` calls through `medlora stage NAME`)."""
+    return STAGE_FLOWS[name](root=str(root))
+
+
+@flow(name="medlora-pipeline", persist_result=False)
+def pipeline_flow(root: str = ".", force: bool = False) -> list[StageReport]:
+    project = Path(root).resolve()
+    params = load_params(project)
+    logger = get_run_logger()
+    stages = [s for s in STAGE_FLOWS if s != "corpus" or params.uses_sample_corpus()]
+    reports = []
+    for stage in stages:
+        # Ask DVC after each stage: an upstream stage that ran may have changed this one's deps.
+        if not force and stage not in stale_stages(project, [stage]):
+            previous = StageReport.read(project, stage)
+            if previous is not None:
+                previous.reused, previous.seconds = True, 0.0
+                reports.append(previous)
+                logger.info("stage %s is up to date: re-using its outputs", stage)
+                continue
+        started = time.perf_counter()
+        report = run_stage(stage, project)
+        record_stage(project, stage)
+        report.seconds = round(time.perf_counter() - started, 2)
+        reports.append(report)
+    pushed = push_outputs(project)
+    logger.info("pushed %s files to the DVC remote", pushed)
+    create_table_artifact(key="pipeline-summary", table=[summary_row(r) for r in reports],
+                          description="medlora pipeline: one row per stage")
+    return reports
+
+
+def summary_row(report: StageReport) -> dict[str, str]:
+    metrics = ", ".join(f"{k}={v}" for k, v in list(report.metrics.items())[:4])
+    return {
+        "stage": report.stage,
+        "status": "re-used" if report.reused else "ran",
+        "seconds": f"{report.seconds:.1f}",
+        "records in": "" if report.records_in is None else str(report.records_in),
+        "records out": "" if report.records_out is None else str(report.records_out),
+        "key metrics": metrics,
+    }
+
+
+def print_summary(reports: list[StageReport], total_seconds: float, console: Console | None = None) -> None:
+    table = Table(title=f"medlora pipeline ({total_seconds:.0f} s)")
+    for column in ("stage", "status", "seconds", "records in", "records out", "key metrics"):
+        table.add_column(column, justify="right" if column in ("seconds", "records in", "records out") else "left")
+    for report in reports:
+        table.add_row(*summary_row(report).values())
+    (console or Console(width=160)).print(table)

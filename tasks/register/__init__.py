@@ -1,0 +1,1 @@
+"""Tracking and registry: MLflow runs for each trained expert and a registered model version."""
