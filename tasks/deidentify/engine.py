@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter, defaultdict
@@ -36,6 +37,8 @@ class PhiSpan:
 
 
 def build_analyzer(spacy_model: str) -> AnalyzerEngine:
+    # Presidio warns once per recognizer of every other language it skips; that is noise here.
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     nlp_engine = NlpEngineProvider(nlp_configuration={
         "nlp_engine_name": "spacy",
         "models": [{"lang_code": "en", "model_name": spacy_model}],

@@ -1,0 +1,77 @@
+"""Fixtures that build small real things: a sample corpus, a temp DVC project, a Prefect test API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+
+from tasks.params import deep_merge  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+
+
+def shared_corpus(relative: str) -> Path:
+    """A corpus from ../shared/data, or a skip that says why (a user's fresh clone has none)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} not found: the shared corpora exist in CI and dev machines, not in a fresh clone")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_project(directory: Path, preset: str = "tiny", overrides: dict | None = None) -> Path:
+    """A real medlora project in `directory`: our dvc.yaml and stage code, a git repo, DVC with a local remote."""
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(PROJECT / name, directory / name)
+    shutil.copytree(PROJECT / "tasks", directory / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params = deep_merge(params, yaml.safe_load((PROJECT / "presets" / f"{preset}.yaml").read_text()))
+    params = deep_merge(params, overrides or {})
+    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.email=test@medlora", "-c", "user.name=medlora-test"]
+    subprocess.run([*git, "init", "-q"], cwd=directory, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=directory, check=True, env=_venv_env())
+    subprocess.run(["dvc", "remote", "add", "-d", "local", str(directory / ".dvc-remote")], cwd=directory, check=True, env=_venv_env())
+    subprocess.run([*git, "add", "-A"], cwd=directory, check=True)
+    subprocess.run([*git, "commit", "-qm", "test project"], cwd=directory, check=True)
+    # The tiny base model is built once per machine and shared between test projects.
+    cache = PROJECT / "models" / "base" / "tiny-random"
+    if cache.exists():
+        (directory / "models" / "base").mkdir(parents=True, exist_ok=True)
+        shutil.copytree(cache, directory / "models" / "base" / "tiny-random")
+    return directory
+
+
+def _venv_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"
+    return env
+
+
+@pytest.fixture
+def tiny_project(tmp_path):
+    return make_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def sample_corpus():
+    from tasks.corpus.generate import generate_corpus
+
+    return generate_corpus(notes=80, patients=30, seed=7)

@@ -1,0 +1,81 @@
+"""The whole pipeline on the tiny preset: real Prefect, DVC, GX, Presidio, PEFT and MLflow in a temp project."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from flows.pipeline import pipeline_flow
+from tasks.corpus.generate import read_gold_spans
+from tasks.params import load_params
+
+
+@pytest.fixture(scope="module")
+def finished_project(tmp_path_factory, prefect_api):
+    from .conftest import make_project
+
+    project = make_project(tmp_path_factory.mktemp("medlora"))
+    first = pipeline_flow(root=str(project))
+    second = pipeline_flow(root=str(project))
+    return project, first, second
+
+
+def test_every_stage_ran_then_was_reused(finished_project):
+    _, first, second = finished_project
+    stages = ["corpus", "prepare_base", "ingest", "deidentify", "validate", "finetune", "register"]
+    assert [r.stage for r in first] == stages and not any(r.reused for r in first)
+    assert [r.stage for r in second] == stages and all(r.reused for r in second)
+    ingest = next(r for r in first if r.stage == "ingest")
+    assert ingest.records_in == ingest.records_out + ingest.metrics["quarantined"]
+
+
+def test_one_registered_model_per_expert_tagged_with_commit_and_data_version(finished_project):
+    project, _, _ = finished_project
+    params = load_params(project)
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    data_version = next(o["md5"] for o in lock["stages"]["validate"]["outs"] if o["path"] == "data/validated")
+    for expert in params.experts:
+        versions = client.search_model_versions(f"name='medlora-expert-{expert}'")
+        assert len(versions) == 1
+        tags = versions[0].tags
+        assert len(tags["git_commit"].removesuffix("-dirty")) == 40
+        assert tags["dvc_data_version"] == data_version
+        adapter = project / "models" / "adapters" / expert
+        assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+
+
+def test_no_gold_phi_reaches_deidentified_data_or_registered_artifacts(finished_project):
+    project, _, _ = finished_project
+    gold = read_gold_spans(project / "data" / "raw" / "sample")
+    names = {s.text.lower() for spans in gold.values() for s in spans
+             if s.entity_type in ("PATIENT", "CLINICIAN", "SSN", "MRN", "EMAIL", "PHONE", "STREET")}
+    deid = pd.read_parquet(project / "data" / "deid" / "notes.parquet")
+    blob = " ".join(deid["text"]).lower() + " ".join(deid["target"]).lower()
+    outside_phi_zone = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".yml", ".txt", ".MLmodel")
+                        and "raw" not in p.parts and ".dvc" not in p.parts and ".git" not in p.parts]
+    blob += " ".join(p.read_text(errors="ignore").lower() for p in outside_phi_zone)
+    leaked = sorted(n for n in names if len(n) > 3 and re.search(rf"(?<![a-z0-9]){re.escape(n)}(?![a-z0-9])", blob))
+    assert leaked == []
+
+
+def test_outputs_pushed_to_the_local_remote_except_the_phi_zone(finished_project):
+    project, _, _ = finished_project
+    remote_files = [p for p in (project / ".dvc-remote").rglob("*") if p.is_file()]
+    assert remote_files
+    raw_hashes = json.dumps(yaml.safe_load((project / "dvc.lock").read_text())["stages"]["ingest"]["outs"])
+    assert not any(p.name in raw_hashes for p in remote_files)
+
+
+def test_validation_gate_stops_the_flow_before_training(tmp_path, prefect_api):
+    from tasks.validate.suite import ValidationGateError
+
+    from .conftest import make_project
+
+    project = make_project(tmp_path, overrides={"validate": {"max_target_chars": 5}})
+    with pytest.raises(ValidationGateError, match="expect_column_value_lengths_to_be_between on column 'target'"):
+        pipeline_flow(root=str(project))
+    assert not (project / "models" / "adapters").exists()
