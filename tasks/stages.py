@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import chdir, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,26 +31,29 @@ class StageReport:
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
-def stale_stages(root: Path, stages: list[str]) -> set[str]:
-    """Stages whose deps, params, code or outputs changed since DVC last recorded them."""
+@contextmanager
+def dvc_repo(root: Path):
+    """DVC's Repo resolves some output paths against the working directory, so work from the root."""
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with chdir(root), Repo(str(root)) as repo:
+        yield repo
+
+
+def stale_stages(root: Path, stages: list[str]) -> set[str]:
+    """Stages whose deps, params, code or outputs changed since DVC last recorded them."""
+    with dvc_repo(root) as repo:
         status = repo.status(targets=stages)
     return {key.split(":")[-1] for key in status}
 
 
 def record_stage(root: Path, stage: str) -> None:
     """Write the stage's deps and outs hashes into dvc.lock and its outs into the DVC cache."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         repo.commit(stage, force=True)
 
 
 def push_outputs(root: Path) -> int:
     """Push cached outputs to the default remote (PHI-zone outputs are marked push: false)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
+    with dvc_repo(root) as repo:
         return repo.push()

@@ -1,0 +1,39 @@
+import pytest
+import yaml
+
+from flows.cli import main
+from tasks.params import load_params
+
+from .conftest import PROJECT
+
+
+def test_shipped_params_are_valid_and_group_mtsamples_specialties():
+    params = load_params(PROJECT)
+    mapping = params.expert_for_specialty()
+    assert mapping["neurosurgery"] == "neuro" and mapping["nephrology"] == "renal_uro"
+    assert params.uses_sample_corpus()
+
+
+def test_specialty_in_two_experts_is_refused(tmp_path):
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["experts"]["neuro"].append("Orthopedic")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="specialty 'Orthopedic' is in experts"):
+        load_params(tmp_path)
+
+
+def test_unknown_key_and_bad_split_name_the_file(tmp_path):
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["validate"]["split"] = {"train": 0.9, "val": 0.2, "test": 0.1}
+    raw["finetune"]["learning_rte"] = 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError) as error:
+        load_params(tmp_path)
+    assert str(tmp_path / "params.yaml") in str(error.value)
+    assert "learning_rte" in str(error.value) and "add up to 1" in str(error.value)
+
+
+def test_cli_outside_a_project_says_where_params_are_expected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--root", str(tmp_path), "run"])
+    assert "params.yaml not found" in capsys.readouterr().err
