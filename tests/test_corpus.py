@@ -1,5 +1,3 @@
-from collections import Counter
-
 from tasks.corpus.generate import generate_corpus, read_gold_spans, write_corpus
 
 HIPAA_TYPES = {"PATIENT", "RELATIVE", "CLINICIAN", "DATE", "AGE", "PHONE", "FAX", "EMAIL", "MRN", "SSN",
@@ -30,5 +28,4 @@ def test_same_seed_same_corpus_other_seed_other_corpus(tmp_path):
     summary = write_corpus(first, tmp_path)
     gold = read_gold_spans(tmp_path)
     assert summary["phi_spans"] == sum(len(spans) for spans in gold.values())
-    assert Counter(len(s) for s in gold.values())  # every note has its entry
     assert set(gold) == {n.note_id for n in first}

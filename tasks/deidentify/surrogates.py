@@ -14,7 +14,7 @@ import hmac
 import random
 import re
 import secrets
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from faker import Faker
@@ -133,8 +133,6 @@ class PatientSurrogates:
             except ValueError:
                 continue
             shifted = (parsed + self.date_shift).date()
-            if "%y" in fmt and "%Y" not in fmt:
-                shifted = date(shifted.year, shifted.month, shifted.day)
             return match_case(value, shifted.strftime(fmt))
         return None
 

@@ -80,9 +80,8 @@ def read_raw_table(path: Path, file_format: str) -> tuple[list[dict | None], lis
         if file_format == "jsonl":
             return _read_jsonl(path)
         if file_format == "csv":
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding_errors="replace", sep=None, engine="python"
-            )
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="replace",
+                                sep="\t" if path.suffix.lower() == ".tsv" else ",")
         else:
             frame = pd.read_parquet(path)
     except InputFileError:

@@ -71,7 +71,7 @@ def register_expert(adapter_dir: Path, params: Params, base_model_location: str,
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as scratch:
             mlflow.log_artifact(str(_loss_curve(report["loss_per_step"], expert, Path(scratch) / "loss_curve.png")))
-        mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+        # The PEFT adapter travels inside the pyfunc model (model/artifacts/adapter), loadable as is.
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ExpertAdapterModel(),
