@@ -7,16 +7,24 @@ from prefect import flow, task
 
 from flows.deidentify import DEID_DIR
 from flows.stage_runtime import stage_run
+from tasks.validate.quarantine import quarantine_failing_rows
 from tasks.validate.split import patients_crossing_splits, split_by_patient
 from tasks.validate.suite import ValidationGateError, gate_failure_message, run_suite
 
 VALIDATED_DIR = Path("data/validated")
+QUARANTINE_DIR = Path("data/quarantine")
 
 
 @task(persist_result=False)
 def validate_and_split(root: Path, params) -> dict:
     source = root / DEID_DIR / "notes.parquet"
-    notes = pd.read_parquet(source)
+    read = pd.read_parquet(source)
+    notes, quarantined = quarantine_failing_rows(read, params.validate_)
+    (root / QUARANTINE_DIR).mkdir(parents=True, exist_ok=True)
+    quarantined.to_parquet(root / QUARANTINE_DIR / "validate.parquet", index=False)
+    if len(notes) == 0:
+        raise ValidationGateError(f"{source.relative_to(root)}: every row failed a row-level expectation; "
+                                  f"see {QUARANTINE_DIR}/validate.parquet")
     outcome = run_suite(notes, params.validate_, sorted(params.experts), root / "gx")
     if not outcome.success:
         raise ValidationGateError(gate_failure_message(outcome, notes, str(source.relative_to(root))))
@@ -28,7 +36,7 @@ def validate_and_split(root: Path, params) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
         frame.to_parquet(out / f"{name}.parquet", index=False)
-    return {"notes": len(notes), "expectations": outcome.evaluated,
+    return {"notes": len(read), "quarantined": len(quarantined), "expectations": outcome.evaluated,
             **{f"{name}_notes": len(frame) for name, frame in splits.items()}}
 
 

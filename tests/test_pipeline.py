@@ -84,6 +84,6 @@ def test_validation_gate_stops_the_flow_before_training(tmp_path, prefect_api):
     from .conftest import make_project
 
     project = make_project(tmp_path, overrides={"validate": {"max_target_chars": 5}})
-    with pytest.raises(ValidationGateError, match="expect_column_value_lengths_to_be_between on column 'target'"):
+    with pytest.raises(ValidationGateError, match="every row failed a row-level expectation"):
         pipeline_flow(root=str(project))
     assert not (project / "models" / "adapters").exists()

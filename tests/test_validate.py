@@ -44,3 +44,16 @@ def test_split_never_puts_a_patient_in_two_splits(seed):
     assert sum(len(s) for s in splits.values()) == len(notes)
     assert patients_crossing_splits(splits) == set()
     assert all(len(splits[name]) > 0 for name in ("train", "val", "test"))
+
+
+def test_rows_failing_length_bounds_are_quarantined_with_row_and_expectation():
+    from tasks.validate.quarantine import quarantine_failing_rows
+
+    notes = corpus(["Long enough clinical note text for the check." * 2, "too short", "Another long note." * 4])
+    notes["source_row"] = [1, 2, 3]
+    notes.loc[2, "target"] = "x" * 500
+    kept, quarantined = quarantine_failing_rows(notes, ValidateParams())
+    assert len(kept) + len(quarantined) == len(notes) and list(kept["note_id"]) == ["n0"]
+    reasons = list(quarantined["reason"])
+    assert reasons[0].startswith("row 2 (note n1): expect_column_value_lengths_to_be_between on column 'text'")
+    assert "column 'target'" in reasons[1] and "too short" not in " ".join(reasons)
