@@ -18,6 +18,7 @@ def train_expert(root: Path, params, expert: str) -> dict:
     splits = {s: pd.read_parquet(root / VALIDATED_DIR / f"{s}.parquet") for s in ("train", "val")}
     records = {s: list(zip(f.loc[f.expert == expert, "text"], f.loc[f.expert == expert, "target"])) for s, f in splits.items()}
     device = pick_device(params.finetune.device)
+    # A fresh base per expert: get_peft_model injects LoRA layers in place (reloading takes < 1 s).
     tokenizer, base = load_base(params.base_model, root, device)
     report = train_expert_adapter(expert, records["train"], records["val"], tokenizer, base, params.finetune,
                                   root / ADAPTERS_DIR / expert, params.seed, device)

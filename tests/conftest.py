@@ -51,11 +51,6 @@ def make_project(directory: Path, preset: str = "tiny", overrides: dict | None =
     subprocess.run(["dvc", "remote", "add", "-d", "local", str(directory / ".dvc-remote")], cwd=directory, check=True, env=_venv_env())
     subprocess.run([*git, "add", "-A"], cwd=directory, check=True)
     subprocess.run([*git, "commit", "-qm", "test project"], cwd=directory, check=True)
-    # The tiny base model is built once per machine and shared between test projects.
-    cache = PROJECT / "models" / "base" / "tiny-random"
-    if cache.exists():
-        (directory / "models" / "base").mkdir(parents=True, exist_ok=True)
-        shutil.copytree(cache, directory / "models" / "base" / "tiny-random")
     return directory
 
 
