@@ -13,6 +13,7 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("MEDLORA_DEID_KEY", "medlora-test-key")  # the same pseudonyms, hence splits, every run
 
 from tasks.params import deep_merge  # noqa: E402
 

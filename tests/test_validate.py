@@ -46,6 +46,13 @@ def test_split_never_puts_a_patient_in_two_splits(seed):
     assert all(len(splits[name]) > 0 for name in ("train", "val", "test"))
 
 
+def test_a_small_expert_still_gets_training_notes():
+    notes = pd.DataFrame([{"note_id": f"n{i}", "patient_id": f"p{i}", "expert": "rare"} for i in range(3)])
+    for seed in range(10):
+        splits = split_by_patient(notes, SplitFractions(train=0.8, val=0.1, test=0.1), seed)
+        assert len(splits["train"]) >= 1
+
+
 def test_rows_failing_length_bounds_are_quarantined_with_row_and_expectation():
     from tasks.validate.quarantine import quarantine_failing_rows
 

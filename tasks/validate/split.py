@@ -28,9 +28,13 @@ def split_by_patient(notes: pd.DataFrame, fractions: SplitFractions, seed: int) 
         for patient in patients:
             if patient in placed:
                 continue
-            # Fill the smaller splits first (at least one note each when there are enough notes),
-            # then everything else trains.
-            name = next((s for s in ("test", "val") if filled[s] < max(targets[s], 1 if total >= 3 else 0)), "train")
+            # Train first gets one patient, so that no expert is left without training notes; then
+            # test and val fill up to their share (at least one note each when there are enough
+            # notes), and everything else trains.
+            if filled["train"] == 0:
+                name = "train"
+            else:
+                name = next((s for s in ("test", "val") if filled[s] < max(targets[s], 1 if total >= 3 else 0)), "train")
             placed[patient] = name
             filled[name] += int(sizes[patient])
     assignment = notes["patient_id"].map(placed)
