@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPORTS_DIR = Path("reports")
-STAGES = ("corpus", "prepare_base", "ingest", "deidentify", "validate", "finetune", "register")
 
 
 @dataclass
