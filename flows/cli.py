@@ -22,11 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     from flows.pipeline import STAGE_FLOWS
 
     stage.add_argument("name", choices=list(STAGE_FLOWS))
+    add_deid_commands(commands)
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
     if not (root / "params.yaml").exists():
         parser.error(f"{root}/params.yaml not found: run medlora from the project root or pass --root")
+
+    if args.command == "deid":
+        return run_deid_command(args, root)
 
     from flows.pipeline import pipeline_flow, print_summary, run_stage
 
@@ -36,6 +40,73 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     reports = pipeline_flow(root=str(root), force=args.force)
     print_summary(reports, time.perf_counter() - started)
+    return 0
+
+
+def add_deid_commands(commands) -> None:
+    deid = commands.add_parser("deid", help="PHI detection on its own: train, detect, evaluate")
+    actions = deid.add_subparsers(dest="action", required=True)
+    actions.add_parser("train", help="train the PHI token model on the corpora in params.yaml")
+    detect = actions.add_parser("detect", help="write the PHI spans of every note of a file")
+    detect.add_argument("--input", required=True, type=Path, help="JSONL with note_id, text and optionally patient_id")
+    detect.add_argument("--output", required=True, type=Path, help="JSONL: note_id and spans (start, end, entity_type, score)")
+    evaluate = actions.add_parser("evaluate", help="binary token-level recall, precision and F2 against gold PHI")
+    evaluate.add_argument("--gold", required=True, type=Path, help="PhysioNet deid directory, presidio-evaluator JSON or JSONL with spans")
+    evaluate.add_argument("--format", default="auto", choices=["auto", "physionet", "presidio", "jsonl", "sample"])
+    evaluate.add_argument("--part", default="heldout", choices=["heldout", "train", "all"],
+                          help="for a corpus the model trains on: the held-out patients (default), the training ones, or all")
+    evaluate.add_argument("--spans", type=Path, help="score these detected spans (from `deid detect`) instead of detecting now")
+    evaluate.add_argument("--types", default="auto", choices=["auto", "hipaa", "all"],
+                          help="hipaa: only gold types HIPAA names (the default for presidio-evaluator data)")
+    evaluate.add_argument("--report", type=Path, help="also write the scores to this JSON file")
+    for action in (detect, evaluate):
+        action.add_argument("--workers", type=int, help="processes (default: deidentify.workers)")
+
+
+def run_deid_command(args, root: Path) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.params import load_params
+
+    params = load_params(root).deidentify
+    console = Console(stderr=True)
+    if args.action == "train":
+        from tasks.deidentify.engine import PhiDetector
+        from tasks.deidentify.training import train_token_model
+
+        model, report = train_token_model(params.model, root, PhiDetector(params.model_copy(update={"use_model": False})))
+        model.save(root / params.model.path)
+        console.print_json(json.dumps(report))
+        return 0
+    from tasks.deidentify.corpora import CorpusFormatError, read_corpus
+    from tasks.deidentify.harness import detect_texts, evaluate_corpus, write_spans
+
+    try:
+        if args.action == "detect":
+            notes = read_corpus(args.input, "jsonl")
+            write_spans(args.output, notes, detect_texts([n.text for n in notes], params, root, args.workers))
+            console.print(f"wrote PHI spans of {len(notes)} notes to {args.output}")
+            return 0
+        result = evaluate_corpus(args.gold, args.format, params, root, args.part, args.spans, args.types, args.workers)
+    except (CorpusFormatError, FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    table = Table(title=f"{result['corpus']}: {result['part']}, {result['notes']} notes, {result['types']}")
+    for column in ("recall", "precision", "F2", "PHI tokens", "false positives"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(result[k]) for k in ("recall", "precision", "f2", "phi_tokens", "false_positives")))
+    by_type = Table(title="recall by gold type")
+    by_type.add_column("type")
+    by_type.add_column("tokens", justify="right")
+    by_type.add_column("recall", justify="right")
+    for entity_type, recall in result["recall_by_type"].items():
+        by_type.add_row(entity_type, str(result["tokens_by_type"][entity_type]), str(recall))
+    Console().print(table, by_type)
+    if args.report:
+        args.report.write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -8,7 +8,7 @@ from prefect import flow, task
 
 from flows.ingest import INGESTED_DIR
 from flows.stage_runtime import stage_run
-from tasks.deidentify.engine import PhiDetector, deidentify_notes
+from tasks.deidentify.engine import deidentify_notes
 from tasks.deidentify.surrogates import load_or_create_key
 
 DEID_DIR = Path("data/deid")
@@ -18,7 +18,7 @@ DEID_DIR = Path("data/deid")
 def deidentify(root: Path, params) -> dict:
     notes = pd.read_parquet(root / INGESTED_DIR / "notes.parquet")
     key = load_or_create_key(root, os.environ.get("MEDLORA_DEID_KEY"))
-    deidentified, stats = deidentify_notes(notes, PhiDetector(params.deidentify), key)
+    deidentified, stats = deidentify_notes(notes, params.deidentify, key, root)
     (root / DEID_DIR).mkdir(parents=True, exist_ok=True)
     deidentified.to_parquet(root / DEID_DIR / "notes.parquet", index=False)
     return stats

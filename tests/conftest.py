@@ -71,3 +71,18 @@ def sample_corpus():
     from tasks.corpus.generate import generate_corpus
 
     return generate_corpus(notes=80, patients=30, seed=7)
+
+
+@pytest.fixture(scope="session")
+def deid_params(tmp_path_factory):
+    """De-identify params whose PHI token model is trained here, on our synthetic notes only (seconds)."""
+    from tasks.deidentify.engine import PhiDetector
+    from tasks.deidentify.training import train_token_model
+    from tasks.params import DeidentifyParams, DeidModelParams, DeidSource
+
+    path = tmp_path_factory.mktemp("deid") / "token_model.joblib"
+    model_params = DeidModelParams(path=str(path), sources=[DeidSource(format="synthetic", notes=120, seed=5)])
+    params = DeidentifyParams(model=model_params)
+    model, _ = train_token_model(model_params, PROJECT, PhiDetector(params.model_copy(update={"use_model": False})), progress=False)
+    model.save(path)
+    return params

@@ -3,7 +3,7 @@ import re
 import pandas as pd
 import pytest
 
-from tasks.deidentify.engine import PhiDetector, deidentify_notes
+from tasks.deidentify.engine import deidentify_notes
 from tasks.deidentify.surrogates import PatientSurrogates
 from tasks.params import DeidentifyParams
 from tasks.validate.residual_phi import RESIDUAL_PHI_PATTERNS
@@ -12,18 +12,13 @@ KEY = b"test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return PhiDetector(DeidentifyParams())
-
-
-@pytest.fixture(scope="module")
-def deidentified(detector, sample_corpus):
+def deidentified(deid_params, sample_corpus):
     notes = pd.DataFrame([
         {"note_id": n.note_id, "patient_id": n.patient_id, "text": n.text, "target": n.target,
          "specialty": n.specialty, "expert": "any", "source_row": i}
         for i, n in enumerate(sample_corpus)
     ])
-    out, stats = deidentify_notes(notes, detector, KEY, progress=False)
+    out, stats = deidentify_notes(notes, deid_params, KEY, progress=False)
     return notes, out, stats
 
 
@@ -43,7 +38,7 @@ def test_deidentified_corpus_contains_no_gold_phi_string(deidentified, sample_co
                 pattern = rf"\b{span.text}-year-old"
             if re.search(pattern, text, re.I) and not (span.entity_type == "DATE" and _shifted_elsewhere(span.text, note, shifter)):
                 leaks.append((note.note_id, span.entity_type))
-    assert leaks == []
+    assert leaks == [], leaks
 
 
 def test_ids_are_pseudonymised_and_counts_preserved(deidentified):
@@ -54,14 +49,14 @@ def test_ids_are_pseudonymised_and_counts_preserved(deidentified):
     assert out.groupby("patient_id").ngroups == notes.groupby("patient_id").ngroups
 
 
-def test_same_patient_gets_same_surrogate_name(detector):
+def test_same_patient_gets_same_surrogate_name(deid_params):
     notes = pd.DataFrame([
         {"note_id": "1", "patient_id": "p1", "text": "PATIENT: Harold Finch\nMr. Finch reports pain.", "target": "t",
          "specialty": "s", "expert": "e", "source_row": 1},
         {"note_id": "2", "patient_id": "p1", "text": "Seen by Dr. Root. Mr. Finch improved.", "target": "t",
          "specialty": "s", "expert": "e", "source_row": 2},
     ])
-    out, _ = deidentify_notes(notes, detector, KEY, progress=False)
+    out, _ = deidentify_notes(notes, deid_params, KEY, progress=False)
     first = re.search(r"Mr\. (\w+) reports", out["text"][0]).group(1)
     second = re.search(r"Mr\. (\w+) improved", out["text"][1]).group(1)
     assert first == second != "Finch"

@@ -3,29 +3,54 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
-from presidio_analyzer import AnalyzerEngine, BatchAnalyzerEngine, RecognizerRegistry
-from presidio_analyzer.nlp_engine import NlpEngineProvider
+import spacy
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.nlp_engine import NlpEngine, NlpEngineProvider
 from tqdm import tqdm
 
 from tasks.deidentify.recognizers import STOP_WORDS, clinical_recognizers
-from tasks.deidentify.surrogates import PatientSurrogates, pseudonym
+from tasks.deidentify.surrogates import (
+    MAP_FILE,
+    MAP_KEY_ENV,
+    PatientSurrogates,
+    pseudonym,
+    write_surrogate_map,
+)
+from tasks.deidentify.token_model import Evidence, TokenPhiModel
 from tasks.params import DeidentifyParams
 
 # Presidio's own recognizers worth keeping for clinical text; the others (bank, passport, crypto,
 # driver licence, ...) fire on clinical numbers far more often than on PHI.
 PRESIDIO_RECOGNIZERS = ("EmailRecognizer", "IpRecognizer", "PhoneRecognizer", "UsSsnRecognizer",
                         "MedicalLicenseRecognizer", "SpacyRecognizer")
+# With the token model, every pattern is evidence for it to weigh, even noisy ones.
+PRESIDIO_EVIDENCE = PRESIDIO_RECOGNIZERS + ("CreditCardRecognizer", "IbanRecognizer", "UrlRecognizer", "DateRecognizer",
+                                            "UsLicenseRecognizer")
+# Identifiers whose patterns are precise enough to trust on their own, next to the token model.
+STRUCTURED_RECOGNIZERS = ("EmailRecognizer", "IpRecognizer", "ClinicalUrlRecognizer", "ClinicalSsnRecognizer",
+                          "ClinicalPhoneRecognizer")
+TRUSTED_RULE_RECOGNIZERS = ("ContextNameRecognizer", "ClinicalDateRecognizer", "OldAgeRecognizer", "ClinicalIdRecognizer",
+                            "ClinicalLocationRecognizer", "HospitalRecognizer")
 # Presidio entity names folded into the types our surrogates know.
 ENTITY_ALIASES = {"DATE_TIME": "DATE", "MEDICAL_LICENSE": "ID", "ZIP": "LOCATION"}
 ENTITIES = ["PERSON", "LOCATION", "DATE", "AGE", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN", "IP_ADDRESS",
             "URL", "ID", "HOSPITAL", "MEDICAL_LICENSE"]
 PROPAGATED_TYPES = ("PERSON", "LOCATION", "HOSPITAL")
+# spaCy components PHI detection does not use; leaving them out halves the time spaCy takes.
+UNUSED_SPACY_COMPONENTS = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +61,7 @@ class PhiSpan:
     score: float
 
 
-def build_analyzer(spacy_model: str) -> AnalyzerEngine:
+def build_nlp_engine(spacy_model: str) -> NlpEngine:
     # Presidio warns once per recognizer of every other language it skips; that is noise here.
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     nlp_engine = NlpEngineProvider(nlp_configuration={
@@ -49,13 +74,70 @@ def build_analyzer(spacy_model: str) -> AnalyzerEngine:
                                  "PERCENT", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"],
         },
     }).create_engine()
+    try:
+        nlp_engine.nlp["en"] = spacy.load(spacy_model, exclude=UNUSED_SPACY_COMPONENTS)
+    except OSError as error:
+        raise ValueError(f"deidentify.spacy_model: spaCy pipeline '{spacy_model}' is not installed") from error
+    if "ner" not in nlp_engine.nlp["en"].pipe_names:
+        nlp_engine.nlp["en"] = spacy.load(spacy_model)
+    return nlp_engine
+
+
+def _presidio_recognizers(nlp_engine: NlpEngine, names: tuple[str, ...]) -> list[EntityRecognizer]:
     registry = RecognizerRegistry()
     registry.load_predefined_recognizers(nlp_engine=nlp_engine)
-    for recognizer in list(registry.recognizers):
-        if recognizer.name not in PRESIDIO_RECOGNIZERS:
-            registry.remove_recognizer(recognizer.name)
-    for recognizer in clinical_recognizers():
-        registry.add_recognizer(recognizer)
+    return [r for r in registry.recognizers if r.name in names and "en" == r.supported_language]
+
+
+def collect_evidence(text: str, nlp_artifacts, recognizers: list[EntityRecognizer]) -> list[Evidence]:  # training path
+    """Every recognizer's opinion, and spaCy's entities, as labelled stretches of the text."""
+    evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in nlp_artifacts.tokens.ents]
+    for recognizer in recognizers:
+        for result in recognizer.analyze(text, recognizer.supported_entities, nlp_artifacts) or []:
+            evidence.append(Evidence(result.start, result.end, f"{recognizer.name}:{result.entity_type}"))
+    return evidence
+
+
+class TokenModelRecognizer(EntityRecognizer):
+    """Presidio recognizer whose answer is the token model's reading of all the other evidence."""
+
+    def __init__(self, model: TokenPhiModel, evidence_recognizers: list[EntityRecognizer], trusted_rule_score: float) -> None:
+        self.model = model
+        self.evidence_recognizers = evidence_recognizers
+        self.trusted_rule_score = trusted_rule_score
+        super().__init__(supported_entities=ENTITIES, name="TokenModelRecognizer")
+
+    def load(self) -> None:
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):
+        evidence, trusted = [], []
+        evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in nlp_artifacts.tokens.ents]
+        for recognizer in self.evidence_recognizers:
+            for result in recognizer.analyze(text, recognizer.supported_entities, nlp_artifacts) or []:
+                evidence.append(Evidence(result.start, result.end, f"{recognizer.name}:{result.entity_type}"))
+                # Context rules this sure of themselves ("MRN: 123", "Dr. Smith", "93-year-old") stand on their own.
+                if result.score >= self.trusted_rule_score and recognizer.name in TRUSTED_RULE_RECOGNIZERS:
+                    trusted.append(result)
+        predicted = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in self.model.predict(text, evidence)]
+        return predicted + trusted
+
+
+def evidence_recognizers(nlp_engine: NlpEngine) -> list[EntityRecognizer]:
+    return [r for r in _presidio_recognizers(nlp_engine, PRESIDIO_EVIDENCE) if r.name != "SpacyRecognizer"] + clinical_recognizers()
+
+
+def build_analyzer(nlp_engine: NlpEngine, model: TokenPhiModel | None, trusted_rule_score: float = 1.01) -> AnalyzerEngine:
+    """The token model plus precise structured patterns, or, without a model, the rules alone."""
+    registry = RecognizerRegistry(supported_languages=["en"])
+    if model is None:
+        for recognizer in _presidio_recognizers(nlp_engine, PRESIDIO_RECOGNIZERS) + clinical_recognizers():
+            registry.add_recognizer(recognizer)
+    else:
+        registry.add_recognizer(TokenModelRecognizer(model, evidence_recognizers(nlp_engine), trusted_rule_score))
+        for recognizer in _presidio_recognizers(nlp_engine, STRUCTURED_RECOGNIZERS) + clinical_recognizers():
+            if recognizer.name in STRUCTURED_RECOGNIZERS:
+                registry.add_recognizer(recognizer)
     return AnalyzerEngine(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])
 
 
@@ -72,11 +154,11 @@ def merge_overlaps(spans: list[PhiSpan]) -> list[PhiSpan]:
     return merged
 
 
-def propagate(text: str, spans: list[PhiSpan]) -> list[PhiSpan]:
+def propagate(text: str, spans: list[PhiSpan], min_score: float = 0.0) -> list[PhiSpan]:
     """Find every other mention of what was detected: 'Mrs. Jennings' also finds a bare 'JENNINGS'."""
     needles: dict[str, str] = {}
     for span in spans:
-        if span.entity_type not in PROPAGATED_TYPES:
+        if span.entity_type not in PROPAGATED_TYPES or span.score < min_score:
             continue
         value = text[span.start : span.end]
         needles[value.lower()] = span.entity_type
@@ -91,27 +173,81 @@ def propagate(text: str, spans: list[PhiSpan]) -> list[PhiSpan]:
     return merge_overlaps(found)
 
 
+def chunk_text(text: str, size: int, overlap: int = 200) -> list[tuple[int, str]]:
+    """Windows of at most `size` characters, overlapping by `overlap` and cut at whitespace."""
+    if len(text) <= size:
+        return [(0, text)]
+    chunks, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = text.rfind(" ", start + size // 2, end)
+            end = cut if cut > 0 else end
+        chunks.append((start, text[start:end]))
+        if end >= len(text):
+            break
+        start = max(end - overlap, start + 1)
+    return chunks
+
+
 class PhiDetector:
-    def __init__(self, params: DeidentifyParams) -> None:
+    """PHI spans of many notes: Presidio's AnalyzerEngine over spaCy batches, long notes in windows."""
+
+    def __init__(self, params: DeidentifyParams, model: TokenPhiModel | None = None, root: Path = Path(".")) -> None:
         self.params = params
-        self.analyzer = build_analyzer(params.spacy_model)
-        self.batch = BatchAnalyzerEngine(analyzer_engine=self.analyzer)
+        if model is None and params.use_model:
+            model = load_token_model(root / params.model.path)
+        self.model = model
+        self.nlp_engine = build_nlp_engine(params.spacy_model)
+        self.evidence_recognizers = evidence_recognizers(self.nlp_engine)
+        self.analyzer = build_analyzer(self.nlp_engine, model, params.trusted_rule_score)
+
+    def _chunks(self, texts: list[str]) -> tuple[list[str], list[tuple[int, int]]]:
+        pieces, owners = [], []
+        for index, text in enumerate(texts):
+            for offset, piece in chunk_text(text, self.params.chunk_chars):
+                pieces.append(piece)
+                owners.append((index, offset))
+        return pieces, owners
+
+    def _artifacts(self, texts: list[str], progress: bool, description: str):
+        """(note index, chunk offset, chunk, nlp artifacts) for every chunk, spaCy batched."""
+        pieces, owners = self._chunks(texts)
+        bar = tqdm(total=len(texts), desc=description, unit="note", disable=not progress)
+        batches = self.nlp_engine.process_batch(pieces, language="en", batch_size=self.params.batch_size)
+        for (index, offset), (piece, artifacts) in zip(owners, batches):
+            yield index, offset, piece, artifacts
+            if offset == 0:
+                bar.update(1)
+        bar.close()
+
+    def evidence(self, texts: list[str], progress: bool = False):
+        """What every recognizer and spaCy say about each note: the token model's input."""
+        found: list[list[Evidence]] = [[] for _ in texts]
+        for index, offset, piece, artifacts in self._artifacts(texts, progress, "collecting evidence"):
+            found[index].extend(Evidence(e.start + offset, e.end + offset, e.label)
+                                for e in collect_evidence(piece, artifacts, self.evidence_recognizers))
+        return found
 
     def detect(self, texts: list[str], progress: bool = True) -> list[list[PhiSpan]]:
-        results = self.batch.analyze_iterator(
-            tqdm(texts, desc="detecting PHI", unit="note", disable=not progress),
-            language="en", batch_size=self.params.batch_size, entities=ENTITIES,
-            score_threshold=self.params.score_threshold,
-        )
-        detected = []
-        for text, found in zip(texts, results):
-            spans = [
-                PhiSpan(r.start, r.end, ENTITY_ALIASES.get(r.entity_type, r.entity_type), r.score)
-                for r in found
-                if not (r.entity_type == "PERSON" and text[r.start : r.end].strip(" .").lower() in STOP_WORDS)
-            ]
-            detected.append(propagate(text, merge_overlaps(spans)))
-        return detected
+        found: list[list[PhiSpan]] = [[] for _ in texts]
+        for index, offset, piece, artifacts in self._artifacts(texts, progress, "detecting PHI"):
+            results = self.analyzer.analyze(piece, language="en", entities=ENTITIES, nlp_artifacts=artifacts,
+                                            score_threshold=self.params.score_threshold if self.model is None else 0.0)
+            found[index].extend(
+                PhiSpan(r.start + offset, r.end + offset, ENTITY_ALIASES.get(r.entity_type, r.entity_type), r.score)
+                for r in results
+                if not (r.entity_type == "PERSON" and piece[r.start : r.end].strip(" .").lower() in STOP_WORDS)
+            )
+        min_score = self.params.propagate_score if self.model is not None else 0.0
+        return [propagate(text, merge_overlaps(spans), min_score) for text, spans in zip(texts, found)]
+
+
+def load_token_model(path: Path) -> TokenPhiModel:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: PHI token model not found; train it with `medlora deid train` "
+                                "(or set deidentify.use_model: false to use rules only)")
+    return TokenPhiModel.load(path)
 
 
 def replace_spans(text: str, spans: list[PhiSpan], replacement) -> str:
@@ -124,12 +260,14 @@ def replace_spans(text: str, spans: list[PhiSpan], replacement) -> str:
     return "".join(pieces)
 
 
-def deidentify_notes(notes: pd.DataFrame, detector: PhiDetector, key: bytes, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def deidentify_notes(notes: pd.DataFrame, params: DeidentifyParams, key: bytes, root: Path = Path("."),
+                     progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """De-identify `text` and `target` of the ingest contract; ids become keyed pseudonyms."""
+    from tasks.deidentify.harness import detect_texts
+
     started = time.perf_counter()
-    params = detector.params
     texts = notes["text"].tolist() + notes["target"].tolist()
-    spans = detector.detect(texts, progress=progress)
+    spans = detect_texts(texts, params, root, progress=progress)
     text_spans, target_spans = spans[: len(notes)], spans[len(notes) :]
 
     real_values: dict[str, set[str]] = defaultdict(set)
@@ -156,8 +294,10 @@ def deidentify_notes(notes: pd.DataFrame, detector: PhiDetector, key: bytes, pro
             "source_row": record["source_row"],
             "phi_replaced": len(t_spans) + len(g_spans),
         })
+    map_key = os.environ.get(MAP_KEY_ENV)
+    map_entries = write_surrogate_map(root / MAP_FILE, surrogates, map_key) if map_key and params.replacement == "surrogate" else 0
     seconds = time.perf_counter() - started
     stats = {"notes": len(rows), "phi_spans": sum(counts.values()), "seconds": round(seconds, 2),
-             "notes_per_second": round(len(rows) / seconds, 2) if seconds else 0.0,
+             "notes_per_second": round(len(rows) / seconds, 2) if seconds else 0.0, "surrogate_map_entries": map_entries,
              **{f"spans_{k.lower()}": v for k, v in sorted(counts.items())}}
     return pd.DataFrame(rows), stats

@@ -30,7 +30,7 @@ STOP_WORDS = frozenset(
     """.split()
 )
 
-NAME_TOKEN = r"[A-Za-z][A-Za-z'\-]*\.?"
+NAME_TOKEN = r"(?:[A-Za-z]\.(?![A-Za-z])|[A-Za-z][A-Za-z'\-]*)"  # a word, or an initial like 'J.'
 NAME_TOKENS = rf"{NAME_TOKEN}(?:[ ]{NAME_TOKEN}){{0,3}}"
 RELATIONS = (
     "wife|husband|spouse|partner|daughter|son|mother|father|mom|dad|sister|brother|niece|nephew|aunt|"
@@ -50,17 +50,22 @@ def leading_name_tokens(candidate: str, max_tokens: int = 3) -> str:
     kept = []
     for token in candidate.split(" ")[:max_tokens]:
         bare = token.strip(".'-").lower()
-        if not bare or bare in STOP_WORDS or not bare[0].isalpha():
+        if not bare or bare in STOP_WORDS or not bare[0].isalpha() or _case_breaks(kept, token):
             break
         kept.append(token)
     return " ".join(kept).rstrip(".") if kept else ""
+
+
+def _case_breaks(kept: list[str], token: str) -> bool:
+    """'Mr. Finch improved': after a capitalised name, a lower-case word is not part of it."""
+    return bool(kept) and kept[0][0].isupper() and token[0].islower()
 
 
 def trailing_name_tokens(candidate: str, max_tokens: int = 3) -> str:
     kept = []
     for token in reversed(candidate.split(" ")[-max_tokens:]):
         bare = token.strip(".'-").lower()
-        if not bare or bare in STOP_WORDS or not bare[0].isalpha():
+        if not bare or bare in STOP_WORDS or not bare[0].isalpha() or _case_breaks(kept, token):
             break
         kept.append(token)
     return " ".join(reversed(kept))

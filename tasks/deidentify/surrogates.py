@@ -9,8 +9,10 @@ tell a surrogate from a leaked identifier.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import random
 import re
 import secrets
@@ -20,6 +22,8 @@ from pathlib import Path
 from faker import Faker
 
 KEY_FILE = Path("data/raw/.deid_key")  # inside the PHI zone; never tracked by git or pushed by DVC
+MAP_FILE = Path("data/raw/surrogate_map.enc")  # likewise; written only when the data owner sets a map key
+MAP_KEY_ENV = "MEDLORA_SURROGATE_MAP_KEY"
 AGE_OVER_89 = "90+"
 SURROGATE_IP_BLOCKS = ("192.0.2", "198.51.100", "203.0.113")
 DATE_FORMATS = ("%m/%d/%Y", "%m-%d-%Y", "%m.%d.%Y", "%m/%d/%y", "%m-%d-%y", "%Y-%m-%d",
@@ -99,6 +103,7 @@ class PatientSurrogates:
         low, high = shift_range
         self.date_shift = timedelta(days=self._rng("date-shift", "").randint(low, high))
         self.forbidden = set().union(*(_tokens(v) for v in real_values)) if real_values else set()
+        self.issued: dict[tuple[str, str], str] = {}  # (entity type, real value) -> surrogate
         self._faker, self._first_names = _shared_faker()
 
     def _rng(self, kind: str, value: str, attempt: int = 0) -> random.Random:
@@ -137,6 +142,11 @@ class PatientSurrogates:
         return None
 
     def surrogate(self, entity_type: str, value: str) -> str:
+        replacement = self._surrogate(entity_type, value)
+        self.issued[(entity_type, value)] = replacement
+        return replacement
+
+    def _surrogate(self, entity_type: str, value: str) -> str:
         if entity_type == "PERSON":
             return self.person(value)
         if entity_type == "DATE":
@@ -164,3 +174,32 @@ class PatientSurrogates:
                 return self._draw("zip", value, lambda r, f: _scramble(r, value))
             return match_case(value, self._draw("city", value, lambda r, f: f.city()))
         return self._draw(entity_type.lower(), value, lambda r, f: _scramble(r, value))
+
+
+def _fernet(passphrase: str, salt: bytes):
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    derived = PBKDF2HMAC(algorithm=hashes.SHA256(), length=32, salt=salt, iterations=390_000).derive(passphrase.encode())
+    return Fernet(base64.urlsafe_b64encode(derived))
+
+
+def write_surrogate_map(path: Path, surrogates: dict[str, PatientSurrogates], passphrase: str) -> int:
+    """Encrypt {patient: [[type, real, surrogate], ...]} with the data owner's passphrase; returns entries."""
+    mapping = {patient: [[t, real, fake] for (t, real), fake in sorted(s.issued.items())] for patient, s in surrogates.items()}
+    salt = secrets.token_bytes(16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(salt + _fernet(passphrase, salt).encrypt(json.dumps(mapping).encode()))
+    path.chmod(0o600)
+    return sum(len(entries) for entries in mapping.values())
+
+
+def read_surrogate_map(path: Path, passphrase: str) -> dict[str, list[list[str]]]:
+    from cryptography.fernet import InvalidToken
+
+    blob = path.read_bytes()
+    try:
+        return json.loads(_fernet(passphrase, blob[:16]).decrypt(blob[16:]))
+    except InvalidToken:
+        raise ValueError(f"{path}: wrong key for the surrogate map") from None

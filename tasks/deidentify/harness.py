@@ -1,0 +1,96 @@
+"""`medlora deid detect` and `medlora deid evaluate`: PHI spans for a file of notes, and their scores."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
+from tasks.deidentify.engine import PhiDetector, PhiSpan
+from tasks.deidentify.evaluate import HIPAA_PRESIDIO_TYPES, score_corpus
+from tasks.deidentify.token_model import holdout_group
+from tasks.params import DeidentifyParams
+
+_WORKER: PhiDetector | None = None
+
+
+def _start_worker(params: DeidentifyParams, root: Path) -> None:
+    global _WORKER
+    _WORKER = PhiDetector(params, root=root)
+
+
+def _detect_batch(texts: list[str]) -> list[list[PhiSpan]]:
+    return _WORKER.detect(texts, progress=False)
+
+
+def detect_texts(texts: list[str], params: DeidentifyParams, root: Path, workers: int | None = None,
+                 progress: bool = True) -> list[list[PhiSpan]]:
+    """PHI spans of every text, in `workers` processes (each loads spaCy and the model once)."""
+    workers = workers or params.workers
+    if workers <= 1 or len(texts) < 2 * params.batch_size:
+        return PhiDetector(params, root=root).detect(texts, progress=progress)
+    batches = [texts[i : i + params.batch_size] for i in range(0, len(texts), params.batch_size)]
+    found: list[list[PhiSpan]] = []
+    context = multiprocessing.get_context("spawn")  # fork would copy Prefect's and torch's threads
+    with context.Pool(workers, initializer=_start_worker, initargs=(params, root)) as pool, \
+            tqdm(total=len(texts), desc="detecting PHI", unit="note", disable=not progress) as bar:
+        for spans in pool.imap(_detect_batch, batches):
+            found.extend(spans)
+            bar.update(len(spans))
+    return found
+
+
+def write_spans(path: Path, notes: list[GoldNote], detected: list[list[PhiSpan]]) -> None:
+    """One line per note: note_id and its spans (offsets and types only, never the text)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        for note, spans in zip(notes, detected):
+            handle.write(json.dumps({"note_id": note.note_id, "spans": [
+                {"start": s.start, "end": s.end, "entity_type": s.entity_type, "score": round(s.score, 4)} for s in spans
+            ]}) + "\n")
+
+
+def read_spans(path: Path, notes: list[GoldNote]) -> list[list[GoldSpan]]:
+    by_note = {}
+    with path.open() as handle:
+        for line_number, line in enumerate(handle, 1):
+            if line.strip():
+                record = json.loads(line)
+                if "note_id" not in record or "spans" not in record:
+                    raise ValueError(f"{path} line {line_number}: expected fields 'note_id' and 'spans'")
+                by_note[str(record["note_id"])] = [GoldSpan(s["start"], s["end"], s.get("entity_type", "PHI")) for s in record["spans"]]
+    missing = [n.note_id for n in notes if n.note_id not in by_note]
+    if missing:
+        raise ValueError(f"{path}: no spans for {len(missing)} notes of the corpus (first: note_id {missing[0]})")
+    return [by_note[n.note_id] for n in notes]
+
+
+def corpus_part(notes: list[GoldNote], corpus_path: Path, params: DeidentifyParams, root: Path, part: str) -> tuple[list[GoldNote], str]:
+    """`all` notes, or the `heldout` (never trained on) or `train` part of a corpus the model trains on."""
+    if part == "all":
+        return notes, "all notes"
+    source = next((s for s in params.model.sources if s.path and (root / s.path).resolve() == corpus_path.resolve()), None)
+    if source is None or source.holdout == 0:
+        if part == "heldout":
+            return notes, "all notes (the model does not train on this corpus)"
+        raise ValueError(f"{corpus_path} is not a training source with a held-out share in params.yaml")
+    keep = part == "heldout"
+    return [n for n in notes if holdout_group(n.split_group, source.holdout) == keep], f"{part} part ({source.holdout:.0%} of groups held out)"
+
+
+def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyParams, root: Path, part: str = "heldout",
+                    spans_path: Path | None = None, types: str = "auto", workers: int | None = None, progress: bool = True) -> dict:
+    notes = read_corpus(corpus_path, corpus_format)
+    notes, part_description = corpus_part(notes, corpus_path, params, root, part)
+    if spans_path is not None:
+        detected = read_spans(spans_path, notes)
+    else:
+        detected = detect_texts([n.text for n in notes], params, root, workers, progress)
+    is_presidio = corpus_format == "presidio" or (corpus_format == "auto" and corpus_path.suffix == ".json")
+    scored_types = HIPAA_PRESIDIO_TYPES if types == "hipaa" or (types == "auto" and is_presidio) else None
+    summary = score_corpus(notes, detected, scored_types).summary()
+    return {"corpus": str(corpus_path), "part": part_description, "notes": len(notes),
+            "types": "HIPAA types" if scored_types else "all types", **summary}

@@ -1,0 +1,277 @@
+"""A learned PHI token classifier that weighs the evidence of every recognizer.
+
+Regexes and context rules alone either miss PHI (names in upper-case nursing notes, "MI 92",
+hospital nicknames) or flood the text with false alarms. Here each alphanumeric token gets a sparse
+feature vector: its word, shape and suffix, the words around it, the name and vocabulary lists it
+is in, how common it is in English, which rule recognizers and spaCy entities cover it. A multinomial
+logistic regression turns that into P(PHI type). Tokens above a threshold, chosen by grouped
+cross-validation for a target recall, become spans.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LogisticRegression
+from wordfreq import zipf_frequency
+
+from tasks.deidentify.lexicons import person_names, us_places
+
+log = logging.getLogger(__name__)
+TOKEN = re.compile(r"[A-Za-z0-9]+")
+OUTSIDE = "O"
+
+# Gold types of the corpora we train on, folded into the entity types our surrogates know.
+LABELS = {
+    # PhysioNet deid
+    "HCPName": "PERSON", "PTName": "PERSON", "PTNameInitial": "PERSON", "RelativeProxyName": "PERSON",
+    "Location": "LOCATION", "Date": "DATE", "DateYear": "DATE", "Phone": "PHONE_NUMBER", "Age": "AGE", "Other": "ID",
+    # our synthetic corpus
+    "PATIENT": "PERSON", "RELATIVE": "PERSON", "CLINICIAN": "PERSON", "HOSPITAL": "HOSPITAL", "CITY": "LOCATION",
+    "STREET": "LOCATION", "ZIP": "LOCATION", "PHONE": "PHONE_NUMBER", "FAX": "PHONE_NUMBER", "EMAIL": "EMAIL_ADDRESS",
+    "SSN": "US_SSN", "MRN": "ID", "ACCOUNT": "ID", "HEALTH_PLAN": "ID", "LICENSE": "ID", "DEVICE_ID": "ID",
+    "URL": "URL", "IP": "IP_ADDRESS", "DATE": "DATE", "AGE": "AGE",
+    # presidio-evaluator
+    "PERSON": "PERSON", "STREET_ADDRESS": "LOCATION", "GPE": "LOCATION", "ZIP_CODE": "LOCATION", "DATE_TIME": "DATE",
+    "PHONE_NUMBER": "PHONE_NUMBER", "EMAIL_ADDRESS": "EMAIL_ADDRESS", "US_SSN": "US_SSN", "CREDIT_CARD": "ID",
+    "IBAN_CODE": "ID", "US_DRIVER_LICENSE": "ID", "IP_ADDRESS": "IP_ADDRESS", "DOMAIN_NAME": "URL",
+}
+# Gold types that are not PHI under HIPAA: their tokens are left out of training altogether.
+NOT_PHI = frozenset({"ORGANIZATION", "TITLE", "NRP"})
+# Tokens separated by at most this much of these characters join into one span ("7/22", "Mary Ann").
+GLUE = frozenset({"/", "-", "'"})
+JOINABLE_GAP = re.compile(r"[ \t,./'\-:#()]{0,3}")
+
+
+def shape(word: str) -> str:
+    out = re.sub(r"[A-Z]", "X", re.sub(r"[a-z]", "x", re.sub(r"[0-9]", "d", word)))
+    return re.sub(r"(.)\1{3,}", r"\1\1\1", out)
+
+
+def _date_like(chunk: str) -> str:
+    """Whether a chunk of digits reads as a valid month/day(/year), or as something else."""
+    parts = re.split(r"[/\-]", chunk.strip("'"))
+    if not all(p.isdigit() for p in parts) or len(parts) == 1:
+        return "year" if re.fullmatch(r"'?\d{2}|(?:19|20)\d{2}", chunk) else "no"
+    if len(parts) > 3:
+        return "long"
+    month, day = int(parts[0]), int(parts[1])
+    valid = 1 <= month <= 12 and 1 <= day <= 31 and len(parts[1]) <= 2
+    if len(parts) == 3:
+        valid = valid and len(parts[2]) in (2, 4)
+    return f"{'valid' if valid else 'invalid'}{len(parts)}"
+
+
+def _chunk(text: str, start: int, end: int) -> str:
+    """The whitespace-delimited chunk around a token ('7/22', '2.8'), trimmed of punctuation."""
+    left = start
+    while left > 0 and not text[left - 1].isspace() and start - left < 20:
+        left -= 1
+    right = end
+    while right < len(text) and not text[right].isspace() and right - end < 20:
+        right += 1
+    return text[left:right].strip(",;().:")
+
+
+def _separator(text: str) -> str:
+    if "\n" in text:
+        return "NL"
+    stripped = text.strip()
+    return stripped[:3] if stripped else ("SP" if text else "")
+
+
+def _number_class(word: str) -> str:
+    if not word.isdigit():
+        return ""
+    value = int(word)
+    if len(word) == 4:
+        return "year" if 1900 <= value <= 2099 else "d4"
+    if len(word) == 2 and value > 31:
+        return "two_digit_high"
+    if value == 0 or len(word) > 2:
+        return f"d{min(len(word), 6)}"
+    return "month_day" if value <= 12 else "day"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What other recognizers said about a stretch of text: (start, end, label)."""
+
+    start: int
+    end: int
+    label: str
+
+
+def note_features(text: str, evidence: list[Evidence], vocabulary: frozenset[str]) -> tuple[list[tuple[int, int]], list[dict]]:
+    first_names, last_names = person_names()
+    places = us_places()
+    tokens = [m.span() for m in TOKEN.finditer(text)]
+    letters = [c for c in text if c.isalpha()]
+    case = "U" if letters and sum(c.isupper() for c in letters) / len(letters) > 0.7 else ("L" if letters and sum(c.islower() for c in letters) / len(letters) > 0.97 else "M")
+    words = [text[s:e] for s, e in tokens]
+    lowers = [w.lower() for w in words]
+
+    covering: dict[int, set[str]] = defaultdict(set)
+    starts = [s for s, _ in tokens]
+    for item in evidence:
+        index = int(np.searchsorted(starts, item.start, side="right")) - 1
+        index = max(index, 0)
+        while index < len(tokens) and tokens[index][0] < item.end:
+            if tokens[index][1] > item.start:
+                covering[index].add(item.label)
+            index += 1
+
+    def lexical(i: int, prefix: str) -> dict:
+        if i < 0 or i >= len(tokens):
+            return {f"{prefix}w=<edge>": 1}
+        w = lowers[i]
+        f = {f"{prefix}w={w}": 1, f"{prefix}shape={shape(words[i])}": 1}
+        if w in first_names:
+            f[f"{prefix}first_name"] = 1
+        if w in last_names:
+            f[f"{prefix}last_name_rank={int(math.log2(last_names[w]))}"] = 1
+        if w in vocabulary:
+            f[f"{prefix}clinical_word"] = 1
+        return f
+
+    rows = []
+    for i, (start, end) in enumerate(tokens):
+        word, w = words[i], lowers[i]
+        word_shape = shape(word)
+        chunk = _chunk(text, start, end)
+        f = {"bias": 1, f"case={case}": 1, f"case_shape={case}{word_shape[:2]}": 1, f"suffix={w[-3:]}": 1,
+             f"prefix={w[:3]}": 1, f"len={min(len(w), 12)}": 1, f"chunk={shape(chunk)}": 1,
+             f"chunk_date={_date_like(chunk)}": 1,
+             f"zipf={int(zipf_frequency(w, 'en'))}": 1}
+        f.update(lexical(i, ""))
+        for offset in (-2, -1, 1, 2):
+            f.update({k: v for k, v in lexical(i + offset, f"{offset}:").items() if "shape=" not in k or abs(offset) == 1})
+        number = _number_class(word)
+        if number:
+            f[f"number={number}"] = 1
+        if w in places:
+            f["us_state"] = 1
+        if w in first_names and w in vocabulary:
+            f["name_and_word"] = 1
+        if not (w in vocabulary or w.isdigit() or len(w) < 3):
+            f[f"unknown_word_{case}"] = 1
+        previous_gap = text[tokens[i - 1][1] : start] if i else "<start>"
+        next_gap = text[end : tokens[i + 1][0]] if i + 1 < len(tokens) else "<end>"
+        f[f"gap_before={_separator(previous_gap)}"] = 1
+        f[f"gap_after={_separator(next_gap)}"] = 1
+        if word[0].isdigit():
+            # What a number means depends on its neighbours: "MI 92", "BP 92/50", "on 9/2".
+            date_form = _date_like(chunk)
+            before = lowers[i - 1] if i else "<start>"
+            after = lowers[i + 1] if i + 1 < len(tokens) else "<end>"
+            f[f"date_form={date_form}|before={before}"] = 1
+            f[f"date_form={date_form}|after={after}"] = 1
+            f[f"date_form={date_form}|gap_before={_separator(previous_gap)}"] = 1
+        for label in covering.get(i, ()):
+            f[f"rule={label}"] = 1
+        for offset in (-1, 1):
+            for label in covering.get(i + offset, ()):
+                f[f"{offset}:rule={label}"] = 1
+        rows.append(f)
+    return tokens, rows
+
+
+def token_labels(tokens: list[tuple[int, int]], gold_spans) -> list[str | None]:
+    """The model label of each token; None for tokens of gold types that are not PHI (left out)."""
+    labels = []
+    for start, end in tokens:
+        types = [g.entity_type for g in gold_spans if g.start < end and start < g.end]
+        if not types:
+            labels.append(OUTSIDE)
+        elif all(t in NOT_PHI for t in types):
+            labels.append(None)
+        else:
+            labels.append(LABELS.get(next(t for t in types if t not in NOT_PHI), "ID"))
+    return labels
+
+
+def holdout_group(group: str, share: float) -> bool:
+    """Deterministic group split: True when a patient (or template) belongs to the held-out share."""
+    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+@dataclass
+class TokenSpan:
+    start: int
+    end: int
+    entity_type: str
+    score: float
+
+
+class TokenPhiModel:
+    def __init__(self, vectorizer: DictVectorizer, classifier: LogisticRegression, vocabulary: frozenset[str], threshold: float) -> None:
+        self.vectorizer = vectorizer
+        self.classifier = classifier
+        self.vocabulary = vocabulary
+        self.threshold = threshold
+        self.outside_column = list(classifier.classes_).index(OUTSIDE)
+
+    def token_probabilities(self, text: str, evidence: list[Evidence]) -> tuple[list[tuple[int, int]], np.ndarray]:
+        tokens, rows = note_features(text, evidence, self.vocabulary)
+        if not tokens:
+            return tokens, np.zeros((0, len(self.classifier.classes_)))
+        return tokens, self.classifier.predict_proba(self.vectorizer.transform(rows))
+
+    def predict(self, text: str, evidence: list[Evidence], threshold: float | None = None) -> list[TokenSpan]:
+        threshold = self.threshold if threshold is None else threshold
+        tokens, probabilities = self.token_probabilities(text, evidence)
+        return spans_from_tokens(text, tokens, probabilities, self.classifier.classes_, self.outside_column, threshold)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump({"vectorizer": self.vectorizer, "classifier": self.classifier,
+                     "vocabulary": sorted(self.vocabulary), "threshold": self.threshold}, path, compress=3)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenPhiModel:
+        state = joblib.load(path)
+        return cls(state["vectorizer"], state["classifier"], frozenset(state["vocabulary"]), state["threshold"])
+
+
+def share_within_chunks(text: str, tokens: list[tuple[int, int]], phi_probability: np.ndarray) -> np.ndarray:
+    """The numbers of a valid date ("7/22", "6-19-99") share their highest probability."""
+    shared = phi_probability.copy()
+    group_start = 0
+    for index in range(1, len(tokens) + 1):
+        glued = index < len(tokens) and text[tokens[index - 1][1] : tokens[index][0]] in GLUE
+        if not glued:
+            chunk = text[tokens[group_start][0] : tokens[index - 1][1]]
+            if index - group_start > 1 and _date_like(chunk).startswith("valid"):
+                shared[group_start:index] = phi_probability[group_start:index].max()
+            group_start = index
+    return shared
+
+
+def spans_from_tokens(text, tokens, probabilities, classes, outside_column: int, threshold: float) -> list[TokenSpan]:
+    phi_probability = share_within_chunks(text, tokens, 1.0 - probabilities[:, outside_column]) if len(tokens) else []
+    spans: list[TokenSpan] = []
+    type_votes: list[np.ndarray] = []
+    for index, (start, end) in enumerate(tokens):
+        if phi_probability[index] < threshold:
+            continue
+        joins = spans and JOINABLE_GAP.fullmatch(text[spans[-1].end : start]) and tokens[index - 1][1] == spans[-1].end
+        if joins:
+            last = spans[-1]
+            spans[-1] = TokenSpan(last.start, end, last.entity_type, max(last.score, float(phi_probability[index])))
+            type_votes[-1] = type_votes[-1] + probabilities[index]
+        else:
+            spans.append(TokenSpan(start, end, "", float(phi_probability[index])))
+            type_votes.append(probabilities[index].copy())
+    for span, votes in zip(spans, type_votes):
+        votes[outside_column] = -1
+        span.entity_type = str(classes[int(np.argmax(votes))])
+    return spans
