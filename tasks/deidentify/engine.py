@@ -18,7 +18,11 @@ from presidio_analyzer import (
     RecognizerRegistry,
     RecognizerResult,
 )
-from presidio_analyzer.nlp_engine import NlpEngine, NlpEngineProvider
+from presidio_analyzer.nlp_engine import (
+    NerModelConfiguration,
+    NlpEngine,
+    SpacyNlpEngine,
+)
 from tqdm import tqdm
 
 from tasks.deidentify.recognizers import STOP_WORDS, clinical_recognizers
@@ -37,8 +41,10 @@ from tasks.params import DeidentifyParams
 PRESIDIO_RECOGNIZERS = ("EmailRecognizer", "IpRecognizer", "PhoneRecognizer", "UsSsnRecognizer",
                         "MedicalLicenseRecognizer", "SpacyRecognizer")
 # With the token model, every pattern is evidence for it to weigh, even noisy ones.
-PRESIDIO_EVIDENCE = PRESIDIO_RECOGNIZERS + ("CreditCardRecognizer", "IbanRecognizer", "UrlRecognizer", "DateRecognizer",
-                                            "UsLicenseRecognizer")
+# Presidio's PhoneRecognizer is left out: phonenumbers costs more than all the rest together, and
+# ClinicalPhoneRecognizer covers North American numbers.
+PRESIDIO_EVIDENCE = tuple(r for r in PRESIDIO_RECOGNIZERS if r != "PhoneRecognizer") + (
+    "CreditCardRecognizer", "IbanRecognizer", "UrlRecognizer", "DateRecognizer", "UsLicenseRecognizer")
 # Identifiers whose patterns are precise enough to trust on their own, next to the token model.
 STRUCTURED_RECOGNIZERS = ("EmailRecognizer", "IpRecognizer", "ClinicalUrlRecognizer", "ClinicalSsnRecognizer",
                           "ClinicalPhoneRecognizer")
@@ -62,24 +68,29 @@ class PhiSpan:
 
 
 def build_nlp_engine(spacy_model: str) -> NlpEngine:
+    """Presidio's spaCy engine; `none` keeps only spaCy's tokenizer (the token model needs no NER)."""
     # Presidio warns once per recognizer of every other language it skips; that is noise here.
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
-    nlp_engine = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy",
-        "models": [{"lang_code": "en", "model_name": spacy_model}],
-        "ner_model_configuration": {
-            "model_to_presidio_entity_mapping": {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION",
-                                                  "LOC": "LOCATION", "FAC": "LOCATION"},
-            "labels_to_ignore": ["DATE", "TIME", "ORG", "NORP", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY",
-                                 "PERCENT", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"],
-        },
-    }).create_engine()
-    try:
-        nlp_engine.nlp["en"] = spacy.load(spacy_model, exclude=UNUSED_SPACY_COMPONENTS)
-    except OSError as error:
-        raise ValueError(f"deidentify.spacy_model: spaCy pipeline '{spacy_model}' is not installed") from error
-    if "ner" not in nlp_engine.nlp["en"].pipe_names:
-        nlp_engine.nlp["en"] = spacy.load(spacy_model)
+    nlp_engine = SpacyNlpEngine(
+        models=[{"lang_code": "en", "model_name": spacy_model}],
+        ner_model_configuration=NerModelConfiguration(
+            model_to_presidio_entity_mapping={"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION",
+                                              "FAC": "LOCATION"},
+            labels_to_ignore=["DATE", "TIME", "ORG", "NORP", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT",
+                              "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"],
+        ),
+    )
+    if spacy_model == "none":
+        nlp = spacy.blank("en")
+    else:
+        try:
+            nlp = spacy.load(spacy_model, exclude=UNUSED_SPACY_COMPONENTS)
+        except OSError as error:
+            raise ValueError(f"deidentify.spacy_model: spaCy pipeline '{spacy_model}' is not installed") from error
+        if "ner" not in nlp.pipe_names:  # a pipeline whose NER listens to a shared tok2vec
+            nlp = spacy.load(spacy_model)
+    nlp.max_length = 2_000_000  # long notes are chunked before spaCy sees them; this is only a backstop
+    nlp_engine.nlp = {"en": nlp}
     return nlp_engine
 
 
@@ -89,13 +100,14 @@ def _presidio_recognizers(nlp_engine: NlpEngine, names: tuple[str, ...]) -> list
     return [r for r in registry.recognizers if r.name in names and "en" == r.supported_language]
 
 
-def collect_evidence(text: str, nlp_artifacts, recognizers: list[EntityRecognizer]) -> list[Evidence]:  # training path
+def recognizer_results(text: str, nlp_artifacts, recognizers: list[EntityRecognizer]) -> list[tuple[str, RecognizerResult]]:
+    return [(r.name, result) for r in recognizers for result in r.analyze(text, r.supported_entities, nlp_artifacts) or []]
+
+
+def collect_evidence(nlp_artifacts, named_results: list[tuple[str, RecognizerResult]]) -> list[Evidence]:
     """Every recognizer's opinion, and spaCy's entities, as labelled stretches of the text."""
     evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in nlp_artifacts.tokens.ents]
-    for recognizer in recognizers:
-        for result in recognizer.analyze(text, recognizer.supported_entities, nlp_artifacts) or []:
-            evidence.append(Evidence(result.start, result.end, f"{recognizer.name}:{result.entity_type}"))
-    return evidence
+    return evidence + [Evidence(r.start, r.end, f"{name}:{r.entity_type}") for name, r in named_results]
 
 
 class TokenModelRecognizer(EntityRecognizer):
@@ -111,14 +123,10 @@ class TokenModelRecognizer(EntityRecognizer):
         pass
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        evidence, trusted = [], []
-        evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in nlp_artifacts.tokens.ents]
-        for recognizer in self.evidence_recognizers:
-            for result in recognizer.analyze(text, recognizer.supported_entities, nlp_artifacts) or []:
-                evidence.append(Evidence(result.start, result.end, f"{recognizer.name}:{result.entity_type}"))
-                # Context rules this sure of themselves ("MRN: 123", "Dr. Smith", "93-year-old") stand on their own.
-                if result.score >= self.trusted_rule_score and recognizer.name in TRUSTED_RULE_RECOGNIZERS:
-                    trusted.append(result)
+        named_results = recognizer_results(text, nlp_artifacts, self.evidence_recognizers)
+        evidence = collect_evidence(nlp_artifacts, named_results)
+        # Context rules this sure of themselves ("MRN: 123", "Dr. Smith", "93-year-old") stand on their own.
+        trusted = [r for name, r in named_results if r.score >= self.trusted_rule_score and name in TRUSTED_RULE_RECOGNIZERS]
         predicted = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in self.model.predict(text, evidence)]
         return predicted + trusted
 
@@ -226,7 +234,7 @@ class PhiDetector:
         found: list[list[Evidence]] = [[] for _ in texts]
         for index, offset, piece, artifacts in self._artifacts(texts, progress, "collecting evidence"):
             found[index].extend(Evidence(e.start + offset, e.end + offset, e.label)
-                                for e in collect_evidence(piece, artifacts, self.evidence_recognizers))
+                                for e in collect_evidence(artifacts, recognizer_results(piece, artifacts, self.evidence_recognizers)))
         return found
 
     def detect(self, texts: list[str], progress: bool = True) -> list[list[PhiSpan]]:

@@ -27,16 +27,24 @@ def _detect_batch(texts: list[str]) -> list[list[PhiSpan]]:
 
 
 def detect_texts(texts: list[str], params: DeidentifyParams, root: Path, workers: int | None = None,
-                 progress: bool = True) -> list[list[PhiSpan]]:
-    """PHI spans of every text, in `workers` processes (each loads spaCy and the model once)."""
+                 progress: bool = True, detector: PhiDetector | None = None) -> list[list[PhiSpan]]:
+    """PHI spans of every text, in `workers` processes.
+
+    Where the OS can fork, workers inherit the loaded detector and start at once; elsewhere each
+    spawned worker loads spaCy and the model itself.
+    """
+    global _WORKER
     workers = workers or params.workers
     if workers <= 1 or len(texts) < 2 * params.batch_size:
-        return PhiDetector(params, root=root).detect(texts, progress=progress)
+        return (detector or PhiDetector(params, root=root)).detect(texts, progress=progress)
     batches = [texts[i : i + params.batch_size] for i in range(0, len(texts), params.batch_size)]
+    if "fork" in multiprocessing.get_all_start_methods():
+        _WORKER = detector or PhiDetector(params, root=root)
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=(params, root))
     found: list[list[PhiSpan]] = []
-    context = multiprocessing.get_context("spawn")  # fork would copy Prefect's and torch's threads
-    with context.Pool(workers, initializer=_start_worker, initargs=(params, root)) as pool, \
-            tqdm(total=len(texts), desc="detecting PHI", unit="note", disable=not progress) as bar:
+    with pool, tqdm(total=len(texts), desc="detecting PHI", unit="note", disable=not progress) as bar:
         for spans in pool.imap(_detect_batch, batches):
             found.extend(spans)
             bar.update(len(spans))

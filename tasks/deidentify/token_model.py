@@ -10,6 +10,8 @@ cross-validation for a target recall, become spans.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import logging
 import math
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from sklearn.feature_extraction import DictVectorizer
+from sklearn.feature_extraction import FeatureHasher
 from sklearn.linear_model import LogisticRegression
 from wordfreq import zipf_frequency
 
@@ -52,6 +54,7 @@ GLUE = frozenset({"/", "-", "'"})
 JOINABLE_GAP = re.compile(r"[ \t,./'\-:#()]{0,3}")
 
 
+@functools.lru_cache(maxsize=200_000)
 def shape(word: str) -> str:
     out = re.sub(r"[A-Z]", "X", re.sub(r"[a-z]", "x", re.sub(r"[0-9]", "d", word)))
     return re.sub(r"(.)\1{3,}", r"\1\1\1", out)
@@ -111,78 +114,100 @@ class Evidence:
     label: str
 
 
-def note_features(text: str, evidence: list[Evidence], vocabulary: frozenset[str]) -> tuple[list[tuple[int, int]], list[dict]]:
-    first_names, last_names = person_names()
-    places = us_places()
-    tokens = [m.span() for m in TOKEN.finditer(text)]
-    letters = [c for c in text if c.isalpha()]
-    case = "U" if letters and sum(c.isupper() for c in letters) / len(letters) > 0.7 else ("L" if letters and sum(c.islower() for c in letters) / len(letters) > 0.97 else "M")
-    words = [text[s:e] for s, e in tokens]
-    lowers = [w.lower() for w in words]
+class FeatureExtractor:
+    """Sparse features of every token of a note, as strings for feature hashing.
 
-    covering: dict[int, set[str]] = defaultdict(set)
-    starts = [s for s, _ in tokens]
-    for item in evidence:
-        index = int(np.searchsorted(starts, item.start, side="right")) - 1
-        index = max(index, 0)
-        while index < len(tokens) and tokens[index][0] < item.end:
-            if tokens[index][1] > item.start:
-                covering[index].add(item.label)
-            index += 1
+    Word-level features (identity, shape, lists, frequency) are computed once per distinct word.
+    """
 
-    def lexical(i: int, prefix: str) -> dict:
-        if i < 0 or i >= len(tokens):
-            return {f"{prefix}w=<edge>": 1}
-        w = lowers[i]
-        f = {f"{prefix}w={w}": 1, f"{prefix}shape={shape(words[i])}": 1}
-        if w in first_names:
-            f[f"{prefix}first_name"] = 1
-        if w in last_names:
-            f[f"{prefix}last_name_rank={int(math.log2(last_names[w]))}"] = 1
-        if w in vocabulary:
-            f[f"{prefix}clinical_word"] = 1
-        return f
+    def __init__(self, vocabulary: frozenset[str]) -> None:
+        self.vocabulary = vocabulary
+        self.first_names, self.last_names = person_names()
+        self.places = us_places()
+        self._words: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
-    rows = []
-    for i, (start, end) in enumerate(tokens):
-        word, w = words[i], lowers[i]
-        word_shape = shape(word)
-        chunk = _chunk(text, start, end)
-        f = {"bias": 1, f"case={case}": 1, f"case_shape={case}{word_shape[:2]}": 1, f"suffix={w[-3:]}": 1,
-             f"prefix={w[:3]}": 1, f"len={min(len(w), 12)}": 1, f"chunk={shape(chunk)}": 1,
-             f"chunk_date={_date_like(chunk)}": 1,
-             f"zipf={int(zipf_frequency(w, 'en'))}": 1}
-        f.update(lexical(i, ""))
-        for offset in (-2, -1, 1, 2):
-            f.update({k: v for k, v in lexical(i + offset, f"{offset}:").items() if "shape=" not in k or abs(offset) == 1})
-        number = _number_class(word)
-        if number:
-            f[f"number={number}"] = 1
-        if w in places:
-            f["us_state"] = 1
-        if w in first_names and w in vocabulary:
-            f["name_and_word"] = 1
-        if not (w in vocabulary or w.isdigit() or len(w) < 3):
-            f[f"unknown_word_{case}"] = 1
-        previous_gap = text[tokens[i - 1][1] : start] if i else "<start>"
-        next_gap = text[end : tokens[i + 1][0]] if i + 1 < len(tokens) else "<end>"
-        f[f"gap_before={_separator(previous_gap)}"] = 1
-        f[f"gap_after={_separator(next_gap)}"] = 1
-        if word[0].isdigit():
-            # What a number means depends on its neighbours: "MI 92", "BP 92/50", "on 9/2".
+    def _word(self, word: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(features of the word itself, features it lends its neighbours)."""
+        cached = self._words.get(word)
+        if cached is None:
+            w = word.lower()
+            lexical = [f"w={w}"]
+            if w in self.first_names:
+                lexical.append("first_name")
+            if w in self.last_names:
+                lexical.append(f"last_name_rank={int(math.log2(self.last_names[w]))}")
+            if w in self.vocabulary:
+                lexical.append("clinical_word")
+            word_shape = shape(word)
+            own = [*lexical, f"shape={word_shape}", f"suffix={w[-3:]}", f"prefix={w[:3]}", f"len={min(len(w), 12)}",
+                   f"zipf={int(zipf_frequency(w, 'en'))}", f"short_shape={word_shape[:2]}"]
+            number = _number_class(word)
+            if number:
+                own.append(f"number={number}")
+            if w in self.places:
+                own.append("us_place")
+            if w in self.first_names and w in self.vocabulary:
+                own.append("name_and_word")
+            if not (w in self.vocabulary or w.isdigit() or len(w) < 3):
+                own.append("unknown_word")
+            cached = (tuple(own), tuple(lexical))
+            if len(self._words) < 500_000:
+                self._words[word] = cached
+        return cached
+
+    def note_features(self, text: str, evidence: list[Evidence]) -> tuple[list[tuple[int, int]], list[list[str]]]:
+        tokens = [m.span() for m in TOKEN.finditer(text)]
+        letters = sum(c.isalpha() for c in text)
+        upper = sum(c.isupper() for c in text)
+        case = "U" if letters and upper / letters > 0.7 else ("L" if letters and upper / letters < 0.03 else "M")
+        words = [text[s:e] for s, e in tokens]
+        lowers = [w.lower() for w in words]
+        word_features = [self._word(w) for w in words]
+        shapes = [shape(w) for w in words]
+
+        covering: dict[int, set[str]] = defaultdict(set)
+        starts = [s for s, _ in tokens]
+        for item in evidence:
+            index = max(bisect.bisect_right(starts, item.start) - 1, 0)
+            while index < len(tokens) and tokens[index][0] < item.end:
+                if tokens[index][1] > item.start:
+                    covering[index].add(item.label)
+                index += 1
+
+        rows = []
+        for i, (start, end) in enumerate(tokens):
+            own, _ = word_features[i]
+            chunk = _chunk(text, start, end)
             date_form = _date_like(chunk)
-            before = lowers[i - 1] if i else "<start>"
-            after = lowers[i + 1] if i + 1 < len(tokens) else "<end>"
-            f[f"date_form={date_form}|before={before}"] = 1
-            f[f"date_form={date_form}|after={after}"] = 1
-            f[f"date_form={date_form}|gap_before={_separator(previous_gap)}"] = 1
-        for label in covering.get(i, ()):
-            f[f"rule={label}"] = 1
-        for offset in (-1, 1):
-            for label in covering.get(i + offset, ()):
-                f[f"{offset}:rule={label}"] = 1
-        rows.append(f)
-    return tokens, rows
+            previous_gap = _separator(text[tokens[i - 1][1] : start]) if i else "<start>"
+            next_gap = _separator(text[end : tokens[i + 1][0]]) if i + 1 < len(tokens) else "<end>"
+            f = ["bias", f"case={case}", f"case_shape={case}{shapes[i][:2]}", f"chunk={shape(chunk)}", f"chunk_date={date_form}",
+                 f"gap_before={previous_gap}", f"gap_after={next_gap}", *own]
+            if "unknown_word" in own:
+                f.append(f"unknown_word_{case}")
+            for offset in (-2, -1, 1, 2):
+                j = i + offset
+                if 0 <= j < len(tokens):
+                    f.extend(f"{offset}:{name}" for name in word_features[j][1])
+                    if abs(offset) == 1:
+                        f.append(f"{offset}:shape={shapes[j]}")
+                else:
+                    f.append(f"{offset}:w=<edge>")
+            if words[i][0].isdigit():
+                # What a number means depends on its neighbours: "MI 92", "BP 92/50", "on 9/2".
+                before = lowers[i - 1] if i else "<start>"
+                after = lowers[i + 1] if i + 1 < len(tokens) else "<end>"
+                f += [f"date_form={date_form}|before={before}", f"date_form={date_form}|after={after}",
+                      f"date_form={date_form}|gap_before={previous_gap}"]
+            f.extend(f"rule={label}" for label in covering.get(i, ()))
+            for offset in (-1, 1):
+                f.extend(f"{offset}:rule={label}" for label in covering.get(i + offset, ()))
+            rows.append(f)
+        return tokens, rows
+
+
+def hasher() -> FeatureHasher:
+    return FeatureHasher(n_features=2**18, input_type="string", alternate_sign=False)
 
 
 def token_labels(tokens: list[tuple[int, int]], gold_spans) -> list[str | None]:
@@ -213,18 +238,19 @@ class TokenSpan:
 
 
 class TokenPhiModel:
-    def __init__(self, vectorizer: DictVectorizer, classifier: LogisticRegression, vocabulary: frozenset[str], threshold: float) -> None:
-        self.vectorizer = vectorizer
+    def __init__(self, classifier: LogisticRegression, vocabulary: frozenset[str], threshold: float) -> None:
         self.classifier = classifier
         self.vocabulary = vocabulary
         self.threshold = threshold
+        self.features = FeatureExtractor(vocabulary)
+        self.hasher = hasher()
         self.outside_column = list(classifier.classes_).index(OUTSIDE)
 
     def token_probabilities(self, text: str, evidence: list[Evidence]) -> tuple[list[tuple[int, int]], np.ndarray]:
-        tokens, rows = note_features(text, evidence, self.vocabulary)
+        tokens, rows = self.features.note_features(text, evidence)
         if not tokens:
             return tokens, np.zeros((0, len(self.classifier.classes_)))
-        return tokens, self.classifier.predict_proba(self.vectorizer.transform(rows))
+        return tokens, self.classifier.predict_proba(self.hasher.transform(rows))
 
     def predict(self, text: str, evidence: list[Evidence], threshold: float | None = None) -> list[TokenSpan]:
         threshold = self.threshold if threshold is None else threshold
@@ -233,13 +259,13 @@ class TokenPhiModel:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"vectorizer": self.vectorizer, "classifier": self.classifier,
-                     "vocabulary": sorted(self.vocabulary), "threshold": self.threshold}, path, compress=3)
+        joblib.dump({"classifier": self.classifier, "vocabulary": sorted(self.vocabulary), "threshold": self.threshold},
+                    path, compress=3)
 
     @classmethod
     def load(cls, path: Path) -> TokenPhiModel:
         state = joblib.load(path)
-        return cls(state["vectorizer"], state["classifier"], frozenset(state["vocabulary"]), state["threshold"])
+        return cls(state["classifier"], frozenset(state["vocabulary"]), state["threshold"])
 
 
 def share_within_chunks(text: str, tokens: list[tuple[int, int]], phi_probability: np.ndarray) -> np.ndarray:

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
@@ -16,9 +15,10 @@ from tasks.deidentify.corpora import GoldNote, read_corpus
 from tasks.deidentify.lexicons import build_vocabulary
 from tasks.deidentify.token_model import (
     OUTSIDE,
+    FeatureExtractor,
     TokenPhiModel,
+    hasher,
     holdout_group,
-    note_features,
     token_labels,
 )
 from tasks.params import DeidModelParams, DeidSource
@@ -59,8 +59,10 @@ def featurize(notes: list[GoldNote], detector, vocabulary: frozenset[str], progr
     """Feature rows, labels and split groups of every token of `notes` (tokens of non-PHI gold types dropped)."""
     rows, labels, groups, note_index = [], [], [], []
     texts = [n.text for n in notes]
-    for index, (note, evidence) in enumerate(zip(notes, tqdm(detector.evidence(texts), total=len(notes), desc="featurizing", unit="note", disable=not progress))):
-        tokens, features = note_features(note.text, evidence, vocabulary)
+    extractor = FeatureExtractor(vocabulary)
+    evidence_of_notes = tqdm(detector.evidence(texts), total=len(notes), desc="featurizing", unit="note", disable=not progress)
+    for index, (note, evidence) in enumerate(zip(notes, evidence_of_notes)):
+        tokens, features = extractor.note_features(note.text, evidence)
         for row, label in zip(features, token_labels(tokens, note.spans)):
             if label is not None:
                 rows.append(row)
@@ -97,8 +99,7 @@ def train_token_model(params: DeidModelParams, root: Path, detector, progress: b
     calibration = np.array(calibrating)[note_index]
     if not calibration.any():
         calibration[:] = True
-    vectorizer = DictVectorizer()
-    features = vectorizer.fit_transform(rows)
+    features = hasher().transform(rows)
 
     # Out-of-fold probabilities give an honest threshold for the recall we want.
     out_of_fold = np.zeros(len(labels))
@@ -116,9 +117,9 @@ def train_token_model(params: DeidModelParams, root: Path, detector, progress: b
         "sources": [s.path or f"synthetic:{s.notes}" for s in sources],
         "vocabulary_words": len(vocabulary),
         "train_notes": len(notes), "train_tokens": int(len(labels)), "train_phi_tokens": int((labels != OUTSIDE).sum()),
-        "features": len(vectorizer.vocabulary_), "threshold": round(threshold, 4),
+        "features": int(features.getnnz(axis=0).astype(bool).sum()), "threshold": round(threshold, 4),
         "cv_recall": round(float((detected & is_phi).sum() / max(is_phi.sum(), 1)), 4),
         "cv_precision": round(float((detected & is_phi).sum() / max(detected.sum(), 1)), 4),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return TokenPhiModel(vectorizer, classifier, vocabulary, threshold), report
+    return TokenPhiModel(classifier, vocabulary, threshold), report

@@ -123,11 +123,12 @@ def ingest_notes(path: Path, file_format: str, columns: ColumnMapping, expert_fo
     kept, quarantined = [], []
     seen_ids: dict[str, int] = {}
 
-    def quarantine(number: int, row, column: str, code: str, reason: str) -> None:
+    def quarantine(number: int, row, column: str, code: str, reason: str, value: str = "") -> None:
+        """The log names file, row and column only; the offending value (raw, maybe PHI) stays in the PHI zone."""
         message = f"{path.name} {row_word} {number}, column {column!r}: {reason}"
         log.warning("quarantined %s", message)
         quarantined.append(
-            {"source_row": number, "column": column, "reason_code": code, "reason": message,
+            {"source_row": number, "column": column, "reason_code": code, "reason": f"{message} ({value})" if value else message,
              "raw": json.dumps(row, default=str) if row is not None else ""}
         )
 
@@ -145,7 +146,7 @@ def ingest_notes(path: Path, file_format: str, columns: ColumnMapping, expert_fo
         if expert is None:
             quarantine(
                 number, row, columns.specialty, "unmapped_specialty",
-                f"specialty {record['specialty'][:40]!r} belongs to no expert (experts in params.yaml)",
+                "the specialty belongs to no expert (experts in params.yaml)", f"specialty {record['specialty'][:40]!r}",
             )
             continue
         if record["note_id"] in seen_ids:

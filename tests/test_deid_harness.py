@@ -1,0 +1,122 @@
+"""Corpus readers, the token-level scorer, `medlora deid detect/evaluate`, long notes and the surrogate map."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from tasks.deidentify.corpora import CorpusFormatError, GoldNote, GoldSpan, read_corpus
+from tasks.deidentify.engine import PhiSpan, chunk_text
+from tasks.deidentify.evaluate import HIPAA_PRESIDIO_TYPES, score_corpus
+from tasks.deidentify.harness import detect_texts
+from tasks.deidentify.surrogates import PatientSurrogates, read_surrogate_map, write_surrogate_map
+
+from .conftest import shared_corpus
+
+KEY = b"harness-key"
+
+
+def test_physionet_reader_offsets_point_at_the_phrases():
+    corpus = shared_corpus("physionet-deid")
+    notes = read_corpus(corpus)
+    phrases = [line.split(maxsplit=5) for line in (corpus / "id-phi.phrase").read_text().splitlines() if line.strip()]
+    by_id = {n.note_id: n for n in notes}
+    assert len(notes) == 973 and sum(len(n.spans) for n in notes) == len(phrases)
+    for patient, note, start, end, _, text in phrases:
+        assert by_id[f"{patient}-{note}"].text[int(start) : int(end)] == text
+
+
+def test_presidio_reader_keeps_templates_together():
+    notes = read_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"))
+    assert len(notes) == 1500
+    note = notes[0]
+    assert all(note.text[s.start : s.end] for s in note.spans) and note.split_group.startswith("template-")
+
+
+def test_readers_name_the_file_and_line_of_bad_input(tmp_path):
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text('{"note_id": "1", "text": "ok"}\n{"note_id": "2"}\n')
+    with pytest.raises(CorpusFormatError, match=r"notes.jsonl line 2: field 'text'"):
+        read_corpus(bad)
+    (tmp_path / "id.text").write_text("START_OF_RECORD=1||||1||||\nJohn was here.\n||||END_OF_RECORD\n")
+    (tmp_path / "id-phi.phrase").write_text("1 1 0 4 PTName John\n1 1 0 99 PTName beyond\n")
+    with pytest.raises(CorpusFormatError, match=r"id-phi.phrase line 2: span 0-99 lies outside note 1-1"):
+        read_corpus(tmp_path)
+
+
+def test_token_scores_count_alphanumeric_runs():
+    note = GoldNote("1", "Seen by Dr. Mary Ann Lee on 7/22 at GH.", spans=[GoldSpan(12, 24, "HCPName"), GoldSpan(28, 32, "Date"), GoldSpan(36, 38, "Location")])
+    detected = [PhiSpan(12, 20, "PERSON", 0.9), PhiSpan(28, 29, "DATE", 0.9), PhiSpan(0, 4, "PERSON", 0.5)]
+    scores = score_corpus([note], [detected])
+    # gold tokens: Mary Ann Lee 7 22 GH (6); found: Mary Ann 7 (3); false positive: Seen
+    assert (scores.true_positives, scores.false_negatives, scores.false_positives) == (3, 3, 1)
+    assert scores.summary()["recall_by_type"] == {"Date": 0.5, "HCPName": 0.6667, "Location": 0.0}
+    assert scores.recall == 0.5 and scores.precision == 0.75 and round(scores.f_beta(2), 4) == round(5 * 0.75 * 0.5 / (4 * 0.75 + 0.5), 4)
+
+
+def test_hipaa_scoring_leaves_out_other_types():
+    note = GoldNote("1", "Acme hired Bob", spans=[GoldSpan(0, 4, "ORGANIZATION"), GoldSpan(11, 14, "PERSON")])
+    scores = score_corpus([note], [[PhiSpan(0, 4, "ORG", 1.0)]], HIPAA_PRESIDIO_TYPES)
+    assert (scores.true_positives, scores.false_positives, scores.false_negatives) == (0, 0, 1)
+
+
+def test_chunks_overlap_and_cover_the_text():
+    text = " ".join(f"word{i}" for i in range(5000))
+    chunks = chunk_text(text, 2000, overlap=100)
+    assert chunks[0][0] == 0 and chunks[-1][0] + len(chunks[-1][1]) == len(text)
+    for (start, piece), (next_start, _) in zip(chunks, chunks[1:]):
+        assert text[start : start + len(piece)] == piece and next_start < start + len(piece)
+
+
+def test_a_200k_character_note_is_deidentified_in_windows(deid_params):
+    filler = "Patient reports mild dyspnea on exertion, improved with rest. " * 3300
+    text = "PATIENT: Harold Finch\n" + filler + "Follow up with Dr. Root on 03/14/2024.\n"
+    assert len(text) > 200_000
+    [spans] = detect_texts([text], deid_params, Path("."), progress=False)
+    found = {text[s.start : s.end] for s in spans}
+    assert {"Harold Finch", "Root", "03/14/2024"} <= found
+    assert all(0 <= s.start < s.end <= len(text) for s in spans)
+
+
+def test_date_shift_differs_between_patients_and_map_needs_the_key(tmp_path):
+    first, second = (PatientSurrogates(KEY, p, (-365, -30), {"Harold Finch"}) for p in ("p1", "p2"))
+    assert first.date_shift != second.date_shift
+    surrogate = first.surrogate("PERSON", "Harold Finch")
+    path = tmp_path / "map.enc"
+    write_surrogate_map(path, {"p1": first}, "owner secret")
+    assert b"Finch" not in path.read_bytes()
+    assert read_surrogate_map(path, "owner secret") == {"p1": [["PERSON", "Harold Finch", surrogate]]}
+    with pytest.raises(ValueError, match="wrong key"):
+        read_surrogate_map(path, "guess")
+
+
+@pytest.fixture
+def cli_root(tmp_path, deid_params):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "input": {"path": "x.jsonl", "columns": {"note_id": "id", "text": "t", "specialty": "s", "target": "g"}},
+        "experts": {"any": ["x"]},
+        "deidentify": {"model": {"path": deid_params.model.path, "sources": [{"format": "synthetic"}]}},
+    }))
+    return tmp_path
+
+
+def test_deid_detect_then_evaluate_from_the_command_line(cli_root, capsys):
+    notes = [{"note_id": "a", "text": "ATTENDING: Dr. Harold Finch\nSeen 03/14/2024 for cough.",
+              "spans": [{"start": 15, "end": 27, "entity_type": "PERSON"}, {"start": 33, "end": 43, "entity_type": "DATE"}]},
+             {"note_id": "b", "text": "Mild cough, no fever.", "spans": []}]
+    source = cli_root / "notes.jsonl"
+    source.write_text("".join(json.dumps(n) + "\n" for n in notes))
+    output = cli_root / "spans.jsonl"
+    assert main(["--root", str(cli_root), "deid", "detect", "--input", str(source), "--output", str(output)]) == 0
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [line["note_id"] for line in lines] == ["a", "b"]
+    assert {"start", "end", "entity_type", "score"} <= set(lines[0]["spans"][0])
+    assert "Finch" not in output.read_text()
+    report = cli_root / "scores.json"
+    assert main(["--root", str(cli_root), "deid", "evaluate", "--gold", str(source), "--spans", str(output), "--report", str(report)]) == 0
+    scores = json.loads(report.read_text())
+    assert scores["recall"] == 1.0 and scores["phi_tokens"] == 5
+    assert main(["--root", str(cli_root), "deid", "evaluate", "--gold", str(cli_root / "missing.json")]) == 2
+    assert "missing.json: not found" in capsys.readouterr().err
