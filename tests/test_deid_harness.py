@@ -11,9 +11,13 @@ from tasks.deidentify.corpora import CorpusFormatError, GoldNote, GoldSpan, read
 from tasks.deidentify.engine import PhiSpan, chunk_text
 from tasks.deidentify.evaluate import HIPAA_PRESIDIO_TYPES, score_corpus
 from tasks.deidentify.harness import detect_texts
-from tasks.deidentify.surrogates import PatientSurrogates, read_surrogate_map, write_surrogate_map
+from tasks.deidentify.surrogates import (
+    PatientSurrogates,
+    read_surrogate_map,
+    write_surrogate_map,
+)
 
-from .conftest import shared_corpus
+from .conftest import PROJECT, shared_corpus
 
 KEY = b"harness-key"
 
@@ -120,3 +124,30 @@ def test_deid_detect_then_evaluate_from_the_command_line(cli_root, capsys):
     assert scores["recall"] == 1.0 and scores["phi_tokens"] == 5
     assert main(["--root", str(cli_root), "deid", "evaluate", "--gold", str(cli_root / "missing.json")]) == 2
     assert "missing.json: not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def default_params(tmp_path_factory):
+    """The project's own deidentify params and a model trained on their sources (about 90 s)."""
+    from tasks.deidentify.engine import PhiDetector
+    from tasks.deidentify.training import train_token_model
+    from tasks.params import load_params
+
+    shared_corpus("physionet-deid")
+    params = load_params(PROJECT).deidentify
+    path = tmp_path_factory.mktemp("deid-default") / "token_model.joblib"
+    params = params.model_copy(update={"model": params.model.model_copy(update={"path": str(path)})})
+    model, _ = train_token_model(params.model, PROJECT, PhiDetector(params.model_copy(update={"use_model": False})), progress=False)
+    model.save(path)
+    return params
+
+
+def test_held_out_physionet_recall_and_presidio_f2(default_params):
+    """Regression guard on the figures in the README (precision on PhysioNet still falls short of 0.75)."""
+    from tasks.deidentify.harness import evaluate_corpus
+
+    physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", default_params, PROJECT, workers=2, progress=False)
+    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97
+    synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", default_params, PROJECT,
+                            workers=2, progress=False)
+    assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.85

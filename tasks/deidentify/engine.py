@@ -1,4 +1,4 @@
-"""Find PHI with Presidio plus the clinical recognizers, and replace it with surrogates or tags."""
+"""Find PHI with Presidio, the PHI token model and the clinical recognizers; replace it with surrogates or tags."""
 
 from __future__ import annotations
 
