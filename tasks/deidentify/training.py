@@ -11,7 +11,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from tqdm import tqdm
 
-from tasks.deidentify.corpora import GoldNote, read_corpus
+from tasks.corpus.generate import generate_corpus
+from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
 from tasks.deidentify.lexicons import build_vocabulary
 from tasks.deidentify.token_model import (
     OUTSIDE,
@@ -29,20 +30,13 @@ log = logging.getLogger(__name__)
 def source_notes(source: DeidSource, root: Path, part: str) -> list[GoldNote]:
     """The `train` or `heldout` part of one source; split by patient (or template), never by note."""
     if source.format == "synthetic":
-        from tasks.corpus.generate import generate_corpus
-
         corpus = generate_corpus(notes=source.notes, patients=max(1, source.notes // 3), seed=source.seed)
-        notes = [GoldNote(n.note_id, n.text, n.patient_id, [_gold(s) for s in n.spans]) for n in corpus]
+        notes = [GoldNote(n.note_id, n.text, n.patient_id, [GoldSpan(s.start, s.end, s.entity_type) for s in n.spans])
+                 for n in corpus]
     else:
         notes = read_corpus(root / source.path, source.format)
     keep_heldout = part == "heldout"
     return [n for n in notes if holdout_group(n.split_group, source.holdout) == keep_heldout]
-
-
-def _gold(span):
-    from tasks.deidentify.corpora import GoldSpan
-
-    return GoldSpan(span.start, span.end, span.entity_type)
 
 
 def available_sources(sources: list[DeidSource], root: Path) -> list[DeidSource]:
