@@ -68,7 +68,7 @@ def test_date_shift_keeps_intervals_and_old_ages_become_90_plus():
     first, second = surrogates.shift_date("03/01/2020"), surrogates.shift_date("03/11/2020")
     gap = pd.Timestamp(second) - pd.Timestamp(first)
     assert gap.days == 10 and first != "03/01/2020"
-    assert surrogates.surrogate("AGE", "93") == "90+"
+    assert surrogates.surrogate("AGE", "93") == "90+" and surrogates.surrogate("AGE", "39") == "39"
 
 
 def test_structured_surrogates_never_look_like_real_identifiers():

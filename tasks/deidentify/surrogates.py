@@ -152,7 +152,8 @@ class PatientSurrogates:
         if entity_type == "DATE":
             return self.shift_date(value) or "<DATE>"
         if entity_type == "AGE":
-            return AGE_OVER_89
+            # HIPAA protects ages over 89 only; a younger age flagged as PHI keeps its value.
+            return AGE_OVER_89 if any(int(n) > 89 for n in re.findall(r"\d+", value)) else value
         if entity_type == "PHONE_NUMBER":
             return self._draw("phone", value, lambda r, f: f"({r.randint(201, 989)}) 555-01{r.randint(0, 99):02d}")
         if entity_type == "US_SSN":
