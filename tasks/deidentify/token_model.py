@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import logging
 import math
 import re
 from collections import defaultdict
@@ -28,7 +27,6 @@ from wordfreq import zipf_frequency
 
 from tasks.deidentify.lexicons import person_names, us_places
 
-log = logging.getLogger(__name__)
 TOKEN = re.compile(r"[A-Za-z0-9]+")
 OUTSIDE = "O"
 
