@@ -74,12 +74,9 @@ def run_deid_command(args, root: Path) -> int:
     params = load_params(root).deidentify
     console = Console(stderr=True, soft_wrap=True)
     if args.action == "train":
-        from tasks.deidentify.engine import PhiDetector
-        from tasks.deidentify.training import train_token_model
+        from tasks.deidentify.training import train_and_save
 
-        model, report = train_token_model(params.model, root, PhiDetector(params.model_copy(update={"use_model": False})))
-        model.save(root / params.model.path)
-        console.print_json(json.dumps(report))
+        console.print_json(json.dumps(train_and_save(params, root)))
         return 0
     from tasks.deidentify.corpora import CorpusFormatError, read_corpus
     from tasks.deidentify.harness import detect_texts, evaluate_corpus, write_spans

@@ -5,16 +5,12 @@ from pathlib import Path
 from prefect import flow, task
 
 from flows.stage_runtime import stage_run
-from tasks.deidentify.engine import PhiDetector
-from tasks.deidentify.training import train_token_model
+from tasks.deidentify.training import train_and_save
 
 
 @task(persist_result=False)
 def train_deid(root: Path, params) -> dict:
-    rules_only = PhiDetector(params.deidentify.model_copy(update={"use_model": False}))
-    model, report = train_token_model(params.deidentify.model, root, rules_only)
-    model.save(root / params.deidentify.model.path)
-    return report
+    return train_and_save(params.deidentify, root)
 
 
 @flow(name="train_deid", persist_result=False)

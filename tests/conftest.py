@@ -76,13 +76,10 @@ def sample_corpus():
 @pytest.fixture(scope="session")
 def deid_params(tmp_path_factory):
     """De-identify params whose PHI token model is trained here, on our synthetic notes only (seconds)."""
-    from tasks.deidentify.engine import PhiDetector
-    from tasks.deidentify.training import train_token_model
+    from tasks.deidentify.training import train_and_save
     from tasks.params import DeidentifyParams, DeidModelParams, DeidSource
 
     path = tmp_path_factory.mktemp("deid") / "token_model.joblib"
-    model_params = DeidModelParams(path=str(path), sources=[DeidSource(format="synthetic", notes=120, seed=5)])
-    params = DeidentifyParams(model=model_params)
-    model, _ = train_token_model(model_params, PROJECT, PhiDetector(params.model_copy(update={"use_model": False})), progress=False)
-    model.save(path)
+    params = DeidentifyParams(model=DeidModelParams(path=str(path), sources=[DeidSource(format="synthetic", notes=120, seed=5)]))
+    train_and_save(params, PROJECT, progress=False)
     return params

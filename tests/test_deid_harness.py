@@ -129,16 +129,14 @@ def test_deid_detect_then_evaluate_from_the_command_line(cli_root, capsys):
 @pytest.fixture(scope="module")
 def default_params(tmp_path_factory):
     """The project's own deidentify params and a model trained on their sources (about 90 s)."""
-    from tasks.deidentify.engine import PhiDetector
-    from tasks.deidentify.training import train_token_model
+    from tasks.deidentify.training import train_and_save
     from tasks.params import load_params
 
     shared_corpus("physionet-deid")
     params = load_params(PROJECT).deidentify
     path = tmp_path_factory.mktemp("deid-default") / "token_model.joblib"
     params = params.model_copy(update={"model": params.model.model_copy(update={"path": str(path)})})
-    model, _ = train_token_model(params.model, PROJECT, PhiDetector(params.model_copy(update={"use_model": False})), progress=False)
-    model.save(path)
+    train_and_save(params, PROJECT, progress=False)
     return params
 
 

@@ -135,15 +135,16 @@ def evidence_recognizers(nlp_engine: NlpEngine) -> list[EntityRecognizer]:
     return [r for r in _presidio_recognizers(nlp_engine, PRESIDIO_EVIDENCE) if r.name != "SpacyRecognizer"] + clinical_recognizers()
 
 
-def build_analyzer(nlp_engine: NlpEngine, model: TokenPhiModel | None, trusted_rule_score: float = 1.01) -> AnalyzerEngine:
-    """The token model plus precise structured patterns, or, without a model, the rules alone."""
+def build_analyzer(nlp_engine: NlpEngine, model: TokenPhiModel | None, evidence: list[EntityRecognizer],
+                   trusted_rule_score: float = 1.01) -> AnalyzerEngine:
+    """The token model over the evidence recognizers plus precise structured patterns, or, without a model, the rules alone."""
     registry = RecognizerRegistry(supported_languages=["en"])
     if model is None:
         for recognizer in _presidio_recognizers(nlp_engine, PRESIDIO_RECOGNIZERS) + clinical_recognizers():
             registry.add_recognizer(recognizer)
     else:
-        registry.add_recognizer(TokenModelRecognizer(model, evidence_recognizers(nlp_engine), trusted_rule_score))
-        for recognizer in _presidio_recognizers(nlp_engine, STRUCTURED_RECOGNIZERS) + clinical_recognizers():
+        registry.add_recognizer(TokenModelRecognizer(model, evidence, trusted_rule_score))
+        for recognizer in evidence:
             if recognizer.name in STRUCTURED_RECOGNIZERS:
                 registry.add_recognizer(recognizer)
     return AnalyzerEngine(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])
@@ -208,7 +209,7 @@ class PhiDetector:
         self.model = model
         self.nlp_engine = build_nlp_engine(params.spacy_model)
         self.evidence_recognizers = evidence_recognizers(self.nlp_engine)
-        self.analyzer = build_analyzer(self.nlp_engine, model, params.trusted_rule_score)
+        self.analyzer = build_analyzer(self.nlp_engine, model, self.evidence_recognizers, params.trusted_rule_score)
 
     def _chunks(self, texts: list[str]) -> tuple[list[str], list[tuple[int, int]]]:
         pieces, owners = [], []

@@ -25,9 +25,11 @@ from sklearn.feature_extraction import FeatureHasher
 from sklearn.linear_model import LogisticRegression
 from wordfreq import zipf_frequency
 
+from tasks.deidentify.evaluate import (
+    TOKEN,  # the model classifies the very tokens the scorer counts
+)
 from tasks.deidentify.lexicons import person_names, us_places
 
-TOKEN = re.compile(r"[A-Za-z0-9]+")
 OUTSIDE = "O"
 
 # Gold types of the corpora we train on, folded into the entity types our surrogates know.
@@ -47,8 +49,9 @@ LABELS = {
 }
 # Gold types that are not PHI under HIPAA: their tokens are left out of training altogether.
 NOT_PHI = frozenset({"ORGANIZATION", "TITLE", "NRP"})
-# Tokens separated by at most this much of these characters join into one span ("7/22", "Mary Ann").
+# One of these between two tokens glues them into one chunk ("7/22", "'92").
 GLUE = frozenset({"/", "-", "'"})
+# Detected tokens separated by at most this much of these characters join into one span ("7/22", "Mary Ann").
 JOINABLE_GAP = re.compile(r"[ \t,./'\-:#()]{0,3}")
 
 
@@ -250,10 +253,9 @@ class TokenPhiModel:
             return tokens, np.zeros((0, len(self.classifier.classes_)))
         return tokens, self.classifier.predict_proba(self.hasher.transform(rows))
 
-    def predict(self, text: str, evidence: list[Evidence], threshold: float | None = None) -> list[TokenSpan]:
-        threshold = self.threshold if threshold is None else threshold
+    def predict(self, text: str, evidence: list[Evidence]) -> list[TokenSpan]:
         tokens, probabilities = self.token_probabilities(text, evidence)
-        return spans_from_tokens(text, tokens, probabilities, self.classifier.classes_, self.outside_column, threshold)
+        return spans_from_tokens(text, tokens, probabilities, self.classifier.classes_, self.outside_column, self.threshold)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from tasks.deidentify.token_model import (
     holdout_group,
     token_labels,
 )
-from tasks.params import DeidModelParams, DeidSource
+from tasks.params import DeidentifyParams, DeidModelParams, DeidSource
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +117,13 @@ def train_token_model(params: DeidModelParams, root: Path, detector, progress: b
         "seconds": round(time.perf_counter() - started, 1),
     }
     return TokenPhiModel(classifier, vocabulary, threshold), report
+
+
+def train_and_save(params: DeidentifyParams, root: Path, progress: bool = True) -> dict:
+    """Train on the configured sources, with rule and Presidio evidence, and save to `model.path`."""
+    from tasks.deidentify.engine import PhiDetector
+
+    rules_only = PhiDetector(params.model_copy(update={"use_model": False}))
+    model, report = train_token_model(params.model, root, rules_only, progress)
+    model.save(root / params.model.path)
+    return report
