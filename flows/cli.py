@@ -59,6 +59,8 @@ def add_deid_commands(commands) -> None:
     evaluate.add_argument("--types", default="auto", choices=["auto", "hipaa", "all"],
                           help="hipaa: only gold types HIPAA names (the default for presidio-evaluator data)")
     evaluate.add_argument("--report", type=Path, help="also write the scores to this JSON file")
+    evaluate.add_argument("--threshold", type=float,
+                          help="score at this token-model threshold instead of the trained one (to trace precision against recall)")
     for action in (detect, evaluate):
         action.add_argument("--workers", type=int, help="processes (default: deidentify.workers)")
 
@@ -87,7 +89,8 @@ def run_deid_command(args, root: Path) -> int:
             write_spans(args.output, notes, detect_texts([n.text for n in notes], params, root, args.workers))
             console.print(f"wrote PHI spans of {len(notes)} notes to {args.output}")
             return 0
-        result = evaluate_corpus(args.gold, args.format, params, root, args.part, args.spans, args.types, args.workers)
+        result = evaluate_corpus(args.gold, args.format, params, root, args.part, args.spans, args.types, args.workers,
+                                 threshold=args.threshold)
     except (CorpusFormatError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2

@@ -41,7 +41,7 @@ class DeidSource(Strict):
     path: str = ""
     format: Literal["auto", "physionet", "presidio", "jsonl", "sample", "synthetic"] = "auto"
     holdout: float = Field(0.0, ge=0, lt=1)
-    weight: float = Field(1.0, gt=0)  # how much one token of this corpus counts in training
+    weight: float = Field(1.0, gt=0)  # each note of this corpus counts this many times in training (rounded)
     calibrate: bool = False  # the decision threshold is set for the target recall on this corpus
     notes: int = Field(400, ge=1)  # synthetic only
     seed: int = 101  # synthetic only
@@ -53,8 +53,9 @@ class DeidModelParams(Strict):
     vocabulary: list[str] = []
     target_recall: float = Field(0.985, gt=0, le=1)
     threshold_folds: int = Field(3, ge=2)
-    regularization: float = Field(1.0, gt=0)
-    outside_weight: float = Field(1.0, gt=0)
+    l1: float = Field(0.2, ge=0)    # CRF regularisation (crfsuite's c1, c2)
+    l2: float = Field(0.05, ge=0)
+    iterations: int = Field(100, ge=1)
 
 
 class DeidentifyParams(Strict):

@@ -84,6 +84,39 @@ def test_a_200k_character_note_is_deidentified_in_windows(deid_params):
     assert all(0 <= s.start < s.end <= len(text) for s in spans)
 
 
+def _sure_hits(text: str) -> set[tuple[str, str]]:
+    from tasks.deidentify.engine import is_sure
+    from tasks.deidentify.recognizers import clinical_recognizers
+
+    return {(r.entity_type, text[r.start : r.end]) for recognizer in clinical_recognizers()
+            for r in recognizer.analyze(text, None) if is_sure(recognizer.name, r, 0.7)}
+
+
+def test_icu_shorthand_is_not_taken_for_phi_by_the_rules():
+    text = ("RESP: O2 weaned to 4L NP. Notify MD if SBP<90. ID: afebrile. CO/CI 5.7/3.33, psv 12/5/40%. "
+            "Wife is aware of plan. GIVEN MOM X1. Plan: transfer to acute rehab.")
+    assert _sure_hits(text) == set()
+
+
+def test_clinical_context_rules_find_nursing_note_phi():
+    text = ("PMH: CABG '92. SON BROUGHT HIM TO UNION HOSP. COPING-SISTER , JANET HAS PHONED. "
+            "Seen by Mary Jones, NP. stated march 21, 1899. MRN: 12345678")
+    assert {("LOCATION", "UNION"), ("PERSON", "JANET"), ("PERSON", "Mary Jones"), ("DATE", "'92"),
+            ("DATE", "march 21, 1899"), ("ID", "12345678")} <= _sure_hits(text)
+
+
+def test_clinical_shorthand_and_soap_letters_get_no_phi_probability():
+    import numpy as np
+
+    from tasks.deidentify.token_model import OUTSIDE, phi_probability
+
+    text = "S: aline in place, U Maryland scale"
+    tokens = [(0, 1), (3, 8), (9, 11), (12, 17), (19, 20), (21, 29), (30, 35)]
+    probabilities = np.tile([0.5, 0.5], (len(tokens), 1))  # columns: OUTSIDE, PERSON
+    phi = phi_probability(text, tokens, probabilities, [OUTSIDE, "PERSON"].index(OUTSIDE))
+    assert phi[0] == 0 and phi[1] == 0 and phi[4] == 0.5 and phi[5] == 0.5
+
+
 def test_date_shift_differs_between_patients_and_map_needs_the_key(tmp_path):
     first, second = (PatientSurrogates(KEY, p, (-365, -30), {"Harold Finch"}) for p in ("p1", "p2"))
     assert first.date_shift != second.date_shift
@@ -141,11 +174,11 @@ def default_params(tmp_path_factory):
 
 
 def test_held_out_physionet_recall_and_presidio_f2(default_params):
-    """Regression guard on the figures in the README (precision on PhysioNet still falls short of 0.75)."""
+    """Regression guard on the figures in the README (precision on PhysioNet, 0.088, still falls short of 0.75)."""
     from tasks.deidentify.harness import evaluate_corpus
 
     physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", default_params, PROJECT, workers=2, progress=False)
-    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97
+    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97 and physionet["precision"] >= 0.08
     synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", default_params, PROJECT,
                             workers=2, progress=False)
     assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.85

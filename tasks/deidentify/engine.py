@@ -49,7 +49,7 @@ PRESIDIO_EVIDENCE = tuple(r for r in PRESIDIO_RECOGNIZERS if r != "PhoneRecogniz
 STRUCTURED_RECOGNIZERS = ("EmailRecognizer", "IpRecognizer", "ClinicalUrlRecognizer", "ClinicalSsnRecognizer",
                           "ClinicalPhoneRecognizer")
 TRUSTED_RULE_RECOGNIZERS = ("ContextNameRecognizer", "ClinicalDateRecognizer", "OldAgeRecognizer", "ClinicalIdRecognizer",
-                            "ClinicalLocationRecognizer", "HospitalRecognizer")
+                            "ClinicalLocationRecognizer", "HospitalRecognizer", "FacilityNameRecognizer")
 # Presidio entity names folded into the types our surrogates know.
 ENTITY_ALIASES = {"DATE_TIME": "DATE", "MEDICAL_LICENSE": "ID", "ZIP": "LOCATION"}
 ENTITIES = ["PERSON", "LOCATION", "DATE", "AGE", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN", "IP_ADDRESS",
@@ -104,10 +104,16 @@ def recognizer_results(text: str, nlp_artifacts, recognizers: list[EntityRecogni
     return [(r.name, result) for r in recognizers for result in r.analyze(text, r.supported_entities, nlp_artifacts) or []]
 
 
-def collect_evidence(nlp_artifacts, named_results: list[tuple[str, RecognizerResult]]) -> list[Evidence]:
+def is_sure(name: str, result: RecognizerResult, trusted_rule_score: float) -> bool:
+    """Whether the detector replaces this hit whatever the token model says."""
+    return name in STRUCTURED_RECOGNIZERS or (name in TRUSTED_RULE_RECOGNIZERS and result.score >= trusted_rule_score)
+
+
+def collect_evidence(nlp_artifacts, named_results: list[tuple[str, RecognizerResult]], trusted_rule_score: float) -> list[Evidence]:
     """Every recognizer's opinion, and spaCy's entities, as labelled stretches of the text."""
     evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in nlp_artifacts.tokens.ents]
-    return evidence + [Evidence(r.start, r.end, f"{name}:{r.entity_type}") for name, r in named_results]
+    return evidence + [Evidence(r.start, r.end, f"{name}:{r.entity_type}", is_sure(name, r, trusted_rule_score))
+                       for name, r in named_results]
 
 
 class TokenModelRecognizer(EntityRecognizer):
@@ -124,9 +130,9 @@ class TokenModelRecognizer(EntityRecognizer):
 
     def analyze(self, text, entities, nlp_artifacts=None):
         named_results = recognizer_results(text, nlp_artifacts, self.evidence_recognizers)
-        evidence = collect_evidence(nlp_artifacts, named_results)
+        evidence = collect_evidence(nlp_artifacts, named_results, self.trusted_rule_score)
         # Context rules this sure of themselves ("MRN: 123", "Dr. Smith", "93-year-old") stand on their own.
-        trusted = [r for name, r in named_results if r.score >= self.trusted_rule_score and name in TRUSTED_RULE_RECOGNIZERS]
+        trusted = [r for name, r in named_results if name in TRUSTED_RULE_RECOGNIZERS and is_sure(name, r, self.trusted_rule_score)]
         predicted = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in self.model.predict(text, evidence)]
         return predicted + trusted
 
@@ -170,7 +176,8 @@ def propagate(text: str, spans: list[PhiSpan], min_score: float = 0.0) -> list[P
         if span.entity_type not in PROPAGATED_TYPES or span.score < min_score:
             continue
         value = text[span.start : span.end]
-        needles[value.lower()] = span.entity_type
+        if len(value.strip()) >= 3:
+            needles[value.lower()] = span.entity_type
         if span.entity_type == "PERSON":
             for token in re.findall(r"[A-Za-z][A-Za-z'\-]+", value):
                 if len(token) >= 3 and token.lower() not in STOP_WORDS:
@@ -234,8 +241,9 @@ class PhiDetector:
         """What every recognizer and spaCy say about each note: the token model's input."""
         found: list[list[Evidence]] = [[] for _ in texts]
         for index, offset, piece, artifacts in self._artifacts(texts, progress, "collecting evidence"):
-            found[index].extend(Evidence(e.start + offset, e.end + offset, e.label)
-                                for e in collect_evidence(artifacts, recognizer_results(piece, artifacts, self.evidence_recognizers)))
+            named_results = recognizer_results(piece, artifacts, self.evidence_recognizers)
+            found[index].extend(Evidence(e.start + offset, e.end + offset, e.label, e.sure)
+                                for e in collect_evidence(artifacts, named_results, self.params.trusted_rule_score))
         return found
 
     def detect(self, texts: list[str], progress: bool = True) -> list[list[PhiSpan]]:

@@ -90,15 +90,20 @@ def corpus_part(notes: list[GoldNote], corpus_path: Path, params: DeidentifyPara
 
 
 def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyParams, root: Path, part: str = "heldout",
-                    spans_path: Path | None = None, types: str = "auto", workers: int | None = None, progress: bool = True) -> dict:
+                    spans_path: Path | None = None, types: str = "auto", workers: int | None = None, progress: bool = True,
+                    threshold: float | None = None) -> dict:
     notes = read_corpus(corpus_path, corpus_format)
     notes, part_description = corpus_part(notes, corpus_path, params, root, part)
     if spans_path is not None:
         detected = read_spans(spans_path, notes)
     else:
-        detected = detect_texts([n.text for n in notes], params, root, workers, progress)
+        detector = PhiDetector(params, root=root)
+        if detector.model is not None:
+            detector.model.threshold = detector.model.threshold if threshold is None else threshold
+            threshold = detector.model.threshold
+        detected = detect_texts([n.text for n in notes], params, root, workers, progress, detector)
     is_presidio = corpus_format == "presidio" or (corpus_format == "auto" and corpus_path.suffix == ".json")
     scored_types = HIPAA_PRESIDIO_TYPES if types == "hipaa" or (types == "auto" and is_presidio) else None
     summary = score_corpus(notes, detected, scored_types).summary()
-    return {"corpus": str(corpus_path), "part": part_description, "notes": len(notes),
+    return {"corpus": str(corpus_path), "part": part_description, "notes": len(notes), "threshold": threshold,
             "types": "HIPAA types" if scored_types else "all types", **summary}

@@ -19,6 +19,21 @@ from pathlib import Path
 NAME_LOCALES = ("en_US", "en_GB", "en_IE", "en_NZ", "en_IN", "es_MX", "it_IT", "de_DE", "fr_FR", "pt_BR")
 WORD = re.compile(r"[A-Za-z]+")
 
+# ICU and nursing shorthand that looks like a name or a place to a model ("Aline", "Levo", "Swan",
+# "Quinton"). The token model never flags these on its own; context rules still can ("Dr. Swan").
+CLINICAL_SHORTHAND = frozenset("""
+    aline art-line picc ett ngt ogt ngtube swan quinton hickman foley groshong portacath mediport
+    ccu micu sicu csru ctic nicu picu pacu ed er icu cath ep eps or ir vir tee tte ekg ecg echo cxr kub
+    levo levophed neo dopa dobutamine dobut milrinone nipride ntg nitro lido amio dilt heparin hep
+    integrillin integrilin reopro lasix lopressor captopril coumadin vanco zosyn flagyl levaquin
+    prbc prbcs ffp plts cryo ivf ns lr d5w d50 kcl mso4 ativan haldol propofol fentanyl versed
+    abg vbg cvp pad pap pcwp svr co ci sbp dbp map hr rr bp sat sats o2sat o2sats spo2 fio2 peep psv cpap bipap
+    rsbi imv simv ac vt tv mae perrl perla perl pearl pearla oob ooc dangle afeb afebrile overnoc noc
+    bilat bibasilar crackles rhonchi wheezes dsg drsg inr ptt hct wbc bun creat lytes neuro resp
+    gi gu cv id skin social dispo plan nsg rn md np pa pt ot slp rt
+    eve carevue max tmax conts tol lcx lad rca om rij lij ox3 ox2 doe trached intub
+""".split())
+
 
 def _census(file_name: str) -> list[str]:
     import names

@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
+from wordfreq import zipf_frequency
+
+from tasks.deidentify.lexicons import person_names
 
 # Words that end a run of candidate name tokens (function words, common clinical words).
 STOP_WORDS = frozenset(
@@ -31,6 +34,9 @@ STOP_WORDS = frozenset(
 )
 
 NAME_TOKEN = r"(?:[A-Za-z]\.(?![A-Za-z])|[A-Za-z][A-Za-z'\-]*)"  # a word, or an initial like 'J.'
+# Words at least this frequent in English (wordfreq's Zipf scale; "aware" 4.8, "notify" 3.9) are
+# names only when a name list has them.
+COMMON_WORD_ZIPF = 3.5
 NAME_TOKENS = rf"{NAME_TOKEN}(?:[ ]{NAME_TOKEN}){{0,3}}"
 RELATIONS = (
     "wife|husband|spouse|partner|daughter|son|mother|father|mom|dad|sister|brother|niece|nephew|aunt|"
@@ -38,6 +44,8 @@ RELATIONS = (
     "guardian|proxy|caregiver|neighbor"
 )
 CREDENTIALS = r"MD|M\.D\.|DO|D\.O\.|RN|NP|PA|PA-C|CNM|CRNA|PhD|FACS|FACC"
+# In ICU notes these are also nasal prongs, the pulmonary artery, the verb and "Notify MD".
+AMBIGUOUS_CREDENTIALS = frozenset({"md", "do", "np", "pa"})
 HEADER_LABELS = (
     r"patient(?:[ ]name)?|name|pt|attending(?:[ ]physician)?|physician|pcp|primary care(?:[ ]physician)?|"
     r"surgeon|assistant|anesthesiologist|referring(?:[ ]physician)?|consultant|provider|cc|dictated by|"
@@ -45,12 +53,29 @@ HEADER_LABELS = (
 )
 
 
-def leading_name_tokens(candidate: str, max_tokens: int = 3) -> str:
-    """The name-like prefix of `candidate`: tokens up to the first stop word."""
+def could_be_name(token: str) -> bool:
+    """A word that can be a name: an initial ("J."), a listed first name or surname, or a word too
+    rare in English to be anything else ("Vasquez", a misspelt "vaseqez"). Common words ("aware",
+    "visited", "notify") and single letters ("4L NP", "MOM X1") are not."""
+    bare = token.strip(".'-").lower()
+    if not bare or bare in STOP_WORDS or not bare[0].isalpha():
+        return False
+    if len(bare) == 1:
+        return token.endswith(".")
+    first_names, last_names = person_names()
+    return bare in first_names or bare in last_names or zipf_frequency(bare, "en") < COMMON_WORD_ZIPF
+
+
+def is_content_word(token: str) -> bool:
+    bare = token.strip(".'-").lower()
+    return bool(bare) and bare not in STOP_WORDS and bare[0].isalpha()
+
+
+def leading_name_tokens(candidate: str, max_tokens: int = 3, accept=could_be_name) -> str:
+    """The name-like prefix of `candidate`: tokens up to the first word that `accept` refuses."""
     kept = []
     for token in candidate.split(" ")[:max_tokens]:
-        bare = token.strip(".'-").lower()
-        if not bare or bare in STOP_WORDS or not bare[0].isalpha() or _case_breaks(kept, token):
+        if not accept(token) or _case_breaks(kept, token):
             break
         kept.append(token)
     return " ".join(kept).rstrip(".") if kept else ""
@@ -64,8 +89,7 @@ def _case_breaks(kept: list[str], token: str) -> bool:
 def trailing_name_tokens(candidate: str, max_tokens: int = 3) -> str:
     kept = []
     for token in reversed(candidate.split(" ")[-max_tokens:]):
-        bare = token.strip(".'-").lower()
-        if not bare or bare in STOP_WORDS or not bare[0].isalpha() or _case_breaks(kept, token):
+        if not could_be_name(token) or _case_breaks(kept, token):
             break
         kept.append(token)
     return " ".join(reversed(kept))
@@ -77,10 +101,10 @@ class ContextNameRecognizer(EntityRecognizer):
     AFTER_CONTEXT = [
         (re.compile(rf"(?im)^[ \t]*(?:{HEADER_LABELS})[ \t]*:[ \t]*(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.85),
         (re.compile(rf"(?i)\b(?:dr|mr|mrs|ms|miss|mx|prof|doctor)\.?[ ]+(?P<name>{NAME_TOKENS})"), 0.85),
-        (re.compile(rf"(?i)\b(?:{RELATIONS})(?:,|[ ]is|[ ]named)?[ ]+(?P<name>{NAME_TOKENS})"), 0.7),
+        (re.compile(rf"(?i)\b(?:{RELATIONS})(?:[ ]?,|[ ]is|[ ]named)?[ ]+(?P<name>{NAME_TOKENS})"), 0.7),
         (re.compile(rf"(?i)\b(?:signed|dictated|transcribed|reviewed|seen|examined)[ ]by[ ]+(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.8),
     ]
-    BEFORE_CREDENTIAL = re.compile(rf"(?P<name>(?:{NAME_TOKEN}[ ]){{0,2}}{NAME_TOKEN}),?[ ]+(?:{CREDENTIALS})\b", re.I)
+    BEFORE_CREDENTIAL = re.compile(rf"(?<![\w.])(?P<name>(?:{NAME_TOKEN}[ ]){{0,2}}{NAME_TOKEN})(?P<comma>,?)[ ]+(?P<credential>{CREDENTIALS})\b", re.I)
 
     def __init__(self) -> None:
         super().__init__(supported_entities=["PERSON"], name="ContextNameRecognizer")
@@ -100,7 +124,8 @@ class ContextNameRecognizer(EntityRecognizer):
             name = trailing_name_tokens(match.group("name"))
             if name:
                 end = match.end("name")
-                results.append(RecognizerResult("PERSON", end - len(name), end, 0.75))
+                sure = match.group("comma") or match.group("credential").lower() not in AMBIGUOUS_CREDENTIALS
+                results.append(RecognizerResult("PERSON", end - len(name), end, 0.75 if sure else 0.45))
         return results
 
 
@@ -134,30 +159,58 @@ STREET_SUFFIX = (
     r"circle|cir|parkway|pkwy|highway|hwy|square|sq|trail|trl|route|rte|crossing|loop|alley|row"
 )
 FACILITY = r"hospital|medical center|health center|medical centre|clinic|infirmary|health system|healthcare|nursing home|rehabilitation center|hospice"
+# Nursing shorthand for a named facility ("UNION HOSP", "kernan hosp", "BALTIMORE REHAB", "mazur campus"):
+# sure when the words before it are not generic ("outside hosp", "acute rehab").
+FACILITY_SHORTHAND = r"hosp|rehab|campus|nursing facility|nsg home|snf|ltac"
+
+
+# Stop words that belong to facility names ("St. Mary's", "Dixon Memorial Hospital").
+FACILITY_NAME_WORDS = frozenset({"st", "memorial", "general", "medical", "center", "clinic", "hospital", "community"})
 
 
 def trim_facility_span(text: str, start: int, end: int) -> tuple[int, int]:
-    """Drop leading stop words from a facility match ("admitted to the Mercy Hospital")."""
+    """Keep the words after the last stop word of a facility match ("admitted to the Mercy Hospital",
+    "TRANSFER TO BALTIMORE REHAB"); nothing when no name word is left ("to rehab")."""
     words = text[start:end].split(" ")
-    while len(words) > 1 and words[0].strip(".").lower() in STOP_WORDS and words[0].strip(".").lower() != "st":
-        start += len(words[0]) + 1
-        words = words[1:]
-    return start, end
+    last_stop = max((i for i, w in enumerate(words[:-1]) if w.strip(".").lower() in STOP_WORDS - FACILITY_NAME_WORDS),
+                    default=-1)
+    if last_stop == len(words) - 2 and len(words) > 1:
+        return start, start
+    return start + sum(len(w) + 1 for w in words[: last_stop + 1]), end
 
 
-def trim_to_name_tokens(text: str, start: int, end: int) -> tuple[int, int]:
-    return start, start + len(leading_name_tokens(text[start:end]))
+# Words that make "<word> rehab" a kind of care rather than a named place.
+GENERIC_FACILITY_WORDS = frozenset("""acute outside cardiac pulmonary physical inpatient outpatient local another other
+    community home rehab hosp hospital subacute sub-acute long term skilled nursing vna private state va city county
+    general university nearest closest same new previous prior""".split())
+
+
+def trim_named_facility(text: str, start: int, end: int) -> tuple[int, int]:
+    """The name before a facility shorthand ("UNION" of "UNION HOSP"); empty when its words are generic."""
+    start, end = trim_facility_span(text, start, end)
+    words = text[start:end].split(" ")[:-1]
+    if not words or any(w.lower() in GENERIC_FACILITY_WORDS for w in words):
+        return start, start
+    return start, start + len(" ".join(words))
+
+
+def trim_to_place_tokens(text: str, start: int, end: int) -> tuple[int, int]:
+    """Place names are often common words ("North Bonnie", "Port Brenda"): stop only at stop words."""
+    return start, start + len(leading_name_tokens(text[start:end], accept=is_content_word))
 
 
 def clinical_recognizers() -> list[EntityRecognizer]:
     return [
         ContextNameRecognizer(),
         GroupPatternRecognizer("DATE", [
-            (r"(?P<phi>\b(?:0?[1-9]|1[0-2])[/\-.](?:0?[1-9]|[12]\d|3[01])[/\-.](?:\d{4}|\d{2})\b)", 0.85),
+            (r"(?<![\w./])(?P<phi>(?:0?[1-9]|1[0-2])[/\-.](?:0?[1-9]|[12]\d|3[01])[/\-.](?:\d{4}|\d{2}))(?![\w/%]|\.\d)", 0.85),
             (r"(?P<phi>\b(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b)", 0.9),
-            (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+\d{{1,2}}(?:st|nd|rd|th)?,?[ ]+(?:19|20)\d{{2}}\b)", 0.9),
-            (rf"(?P<phi>\b\d{{1,2}}(?:st|nd|rd|th)?[ ]+(?:{MONTHS})\.?,?[ ]+(?:19|20)\d{{2}}\b)", 0.9),
+            (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+\d{{1,2}}(?:st|nd|rd|th)?,?[ ]+(?:1[89]|20)\d{{2}}\b)", 0.9),
+            (rf"(?P<phi>\b\d{{1,2}}(?:st|nd|rd|th)?[ ]+(?:{MONTHS})\.?,?[ ]+(?:1[89]|20)\d{{2}}\b)", 0.9),
             (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+(?:19|20)\d{{2}}\b)", 0.6),
+            (r"(?<![\w'])(?P<phi>'\d{2})\b(?!['\w])", 0.8),  # '92
+            # A bare year ("MI 1992", "since 2006"); nursing notes also write times as 1900, 2000.
+            (r"(?<![\w.:/\-])(?P<phi>(?:19[0-9]|20[0-4])\d)\b(?![.:/\-]?\d)(?![ ]?(?:cc|ml|mg|mcg|units?|u|kcal|hrs?|h)\b)", 0.5),
         ], name="ClinicalDateRecognizer"),
         GroupPatternRecognizer("AGE", [
             (r"(?P<phi>\b(?:9\d|1[0-2]\d))(?=[ -]*(?:years?|yrs?|yo\b|y/o|y\.o\.))", 0.9),
@@ -173,21 +226,24 @@ def clinical_recognizers() -> list[EntityRecognizer]:
         GroupPatternRecognizer("ID", [
             (r"\b(?:mrn|medical record(?: number| no\.?| #)?|acct|account(?: number| no\.?)?|member id|"
              r"policy(?: number| no\.?)?|subscriber id|license|licence|lic|npi|dea|serial|device id|unit no\.?|"
-             r"record(?: number| no\.?)|id)[ \t]*(?:#|no\.?|number)?[ \t]*[:#]?[ \t]*(?P<phi>[A-Z0-9][A-Z0-9\-]{3,})\b", 0.85),
+             r"record(?: number| no\.?)|id)[ \t]*(?:#|no\.?|number)?[ \t]*[:#]?[ \t]*(?P<phi>(?=[A-Z\-]*\d)[A-Z0-9][A-Z0-9\-]{3,})\b", 0.85),
             (r"(?P<phi>\b[A-Z]{1,3}-?[A-Z]?\d{5,}\b)", 0.6),
             (r"(?P<phi>\b\d{6,}\b)", 0.5),
         ], name="ClinicalIdRecognizer"),
         GroupPatternRecognizer("LOCATION", [
-            (rf"(?P<phi>\b\d{{1,6}}[ ]+(?:[A-Za-z][A-Za-z'.]*[ ]+){{1,4}}(?:{STREET_SUFFIX})\b\.?"
+            (rf"(?P<phi>\b\d{{1,6}}[ ]+(?:[A-Za-z][A-Za-z']*[ ]+){{1,4}}(?:{STREET_SUFFIX})\b\.?"
              r"(?:,?[ ]+(?:apt|apartment|suite|ste|unit|#)\.?[ ]*[A-Za-z0-9\-]+)?)", 0.8),
             (r",[ ]+(?P<phi>[A-Za-z][A-Za-z.' ]{1,30}?),[ ]+[A-Za-z]{2}[ ]+\d{5}(?:-\d{4})?\b", 0.8),
             (r"\b[A-Za-z]{2}[ ]+(?P<phi>\d{5}(?:-\d{4})?)\b", 0.7),
             (r"\bzip(?:[ ]code)?[ :#]*(?P<phi>\d{5}(?:-\d{4})?)\b", 0.9),
-            (r"\b(?:lives|living|resides|residing|moved)[ ]+(?:in|to)[ ]+(?P<phi>[A-Za-z][A-Za-z'\-]*(?:[ ][A-Za-z][A-Za-z'\-]*){0,2})", 0.6, trim_to_name_tokens),
+            (r"\b(?:lives|living|resides|residing|moved)[ ]+(?:in|to)[ ]+(?P<phi>[A-Za-z][A-Za-z'\-]*(?:[ ][A-Za-z][A-Za-z'\-]*){0,2})", 0.6, trim_to_place_tokens),
         ], name="ClinicalLocationRecognizer"),
         GroupPatternRecognizer("HOSPITAL", [
             (rf"(?P<phi>(?:\bst\.?[ ]+)?(?:\b[A-Za-z][A-Za-z'\-]*[ ]+){{1,3}}(?:{FACILITY})\b)", 0.7, trim_facility_span),
         ], name="HospitalRecognizer"),
+        GroupPatternRecognizer("LOCATION", [
+            (rf"(?P<phi>(?:\b[A-Za-z][A-Za-z'\-]*[ ]+){{1,3}}(?:{FACILITY_SHORTHAND})\b)", 0.7, trim_named_facility),
+        ], name="FacilityNameRecognizer"),
         GroupPatternRecognizer("URL", [
             (r"(?P<phi>\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:)])", 0.9),
         ], name="ClinicalUrlRecognizer"),
