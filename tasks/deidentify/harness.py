@@ -99,7 +99,8 @@ def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyPar
     else:
         detector = PhiDetector(params, root=root)
         if detector.model is not None:
-            detector.model.threshold = detector.model.threshold if threshold is None else threshold
+            if threshold is not None:
+                detector.model.threshold = threshold
             threshold = detector.model.threshold
         detected = detect_texts([n.text for n in notes], params, root, workers, progress, detector)
     is_presidio = corpus_format == "presidio" or (corpus_format == "auto" and corpus_path.suffix == ".json")

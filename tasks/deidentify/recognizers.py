@@ -53,22 +53,22 @@ HEADER_LABELS = (
 )
 
 
+def is_content_word(token: str) -> bool:
+    bare = token.strip(".'-").lower()
+    return bool(bare) and bare not in STOP_WORDS and bare[0].isalpha()
+
+
 def could_be_name(token: str) -> bool:
     """A word that can be a name: an initial ("J."), a listed first name or surname, or a word too
     rare in English to be anything else ("Vasquez", a misspelt "vaseqez"). Common words ("aware",
     "visited", "notify") and single letters ("4L NP", "MOM X1") are not."""
-    bare = token.strip(".'-").lower()
-    if not bare or bare in STOP_WORDS or not bare[0].isalpha():
+    if not is_content_word(token):
         return False
+    bare = token.strip(".'-").lower()
     if len(bare) == 1:
         return token.endswith(".")
     first_names, last_names = person_names()
     return bare in first_names or bare in last_names or zipf_frequency(bare, "en") < COMMON_WORD_ZIPF
-
-
-def is_content_word(token: str) -> bool:
-    bare = token.strip(".'-").lower()
-    return bool(bare) and bare not in STOP_WORDS and bare[0].isalpha()
 
 
 def leading_name_tokens(candidate: str, max_tokens: int = 3, accept=could_be_name) -> str:

@@ -243,20 +243,12 @@ class TokenSpan:
     score: float
 
 
-@dataclass
-class CrfSettings:
-    l1: float
-    l2: float
-    iterations: int
-
-
-def fit_crf(sequences: list[tuple[list[list[str]], list[str]]], settings: CrfSettings) -> bytes:
+def fit_crf(sequences: list[tuple[list[list[str]], list[str]]], l1: float, l2: float, iterations: int) -> bytes:
     """A linear-chain CRF over (token features, token labels) sequences; returns the model file's bytes."""
     trainer = pycrfsuite.Trainer(verbose=False)
     for features, labels in sequences:
         trainer.append(features, labels)
-    trainer.set_params({"c1": settings.l1, "c2": settings.l2, "max_iterations": settings.iterations,
-                        "feature.possible_transitions": True})
+    trainer.set_params({"c1": l1, "c2": l2, "max_iterations": iterations, "feature.possible_transitions": True})
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "phi.crfsuite"
         trainer.train(str(path))

@@ -16,7 +16,6 @@ from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
 from tasks.deidentify.lexicons import build_vocabulary
 from tasks.deidentify.token_model import (
     OUTSIDE,
-    CrfSettings,
     FeatureExtractor,
     TokenPhiModel,
     fit_crf,
@@ -78,13 +77,10 @@ def featurize(notes: list[GoldNote], detector, vocabulary: frozenset[str], progr
     return sequences
 
 
-def _crf_settings(params: DeidModelParams) -> CrfSettings:
-    return CrfSettings(l1=params.l1, l2=params.l2, iterations=params.iterations)
-
-
 def _fit(sequences: list[NoteSequence], weights: list[int], params: DeidModelParams) -> bytes:
     """A corpus of weight w counts w times (crfsuite has no instance weights)."""
-    return fit_crf([(s.features, s.labels) for s, w in zip(sequences, weights) for _ in range(w)], _crf_settings(params))
+    return fit_crf([(s.features, s.labels) for s, w in zip(sequences, weights) for _ in range(w)],
+                   params.l1, params.l2, params.iterations)
 
 
 def threshold_for_recall(phi_probability: np.ndarray, is_phi: np.ndarray, target_recall: float) -> float:
@@ -124,8 +120,7 @@ def train_token_model(params: DeidModelParams, root: Path, detector, progress: b
                                    vocabulary, 0.5)
         for i in test_index:
             s = sequences[i]
-            probabilities = fold_model.marginals(s.features)
-            phi = phi_probability(s.note.text, s.tokens, probabilities, fold_model.outside_column) if s.tokens else np.zeros(0)
+            phi = phi_probability(s.note.text, s.tokens, fold_model.marginals(s.features), fold_model.outside_column)
             phi_of_note[i] = np.where(s.surely_found, 1.0, phi)
     calibration = [i for i in range(len(sequences)) if calibrating[i] and len(sequences[i].tokens)]
     out_of_fold = np.concatenate([phi_of_note[i] for i in calibration])
