@@ -94,15 +94,51 @@ def _sure_hits(text: str) -> set[tuple[str, str]]:
 
 def test_icu_shorthand_is_not_taken_for_phi_by_the_rules():
     text = ("RESP: O2 weaned to 4L NP. Notify MD if SBP<90. ID: afebrile. CO/CI 5.7/3.33, psv 12/5/40%. "
-            "Wife is aware of plan. GIVEN MOM X1. Plan: transfer to acute rehab.")
+            "Wife is aware of plan. GIVEN MOM X1. Plan: transfer to acute rehab. Lie flat until 2000. c/o 3-4/10 cpain. "
+            "PA LINE D/C. MS back to baseline. GU: 3 WAY FOLEY IN PLACE. bleed into the 4th ventricle. "
+            "WIFE STILL IN DENIAL. ST ELEVATION. CLEAR R. BASE. P: CON'T REHAB/PT.")
     assert _sure_hits(text) == set()
 
 
 def test_clinical_context_rules_find_nursing_note_phi():
-    text = ("PMH: CABG '92. SON BROUGHT HIM TO UNION HOSP. COPING-SISTER , JANET HAS PHONED. "
-            "Seen by Mary Jones, NP. stated march 21, 1899. MRN: 12345678")
+    text = ("PMH: CABG '92. SON BROUGHT HIM TO UNION HOSP. COPING-SISTER ,JANET HAS PHONED. "
+            "Seen by Mary Jones, NP. stated march 21, 1899. MRN: 12345678. CVA 2004, MI 1992. TR, Z. MILLER AWARE. "
+            "Accepted by St. Agnes. Nursing Progress Note 28 Oct, 88. in sept. and d/c'd. DISCHARGE TO BALTIMORE REHAB.")
     assert {("LOCATION", "UNION"), ("PERSON", "JANET"), ("PERSON", "Mary Jones"), ("DATE", "'92"),
-            ("DATE", "march 21, 1899"), ("ID", "12345678")} <= _sure_hits(text)
+            ("DATE", "march 21, 1899"), ("ID", "12345678"), ("DATE", "2004"), ("DATE", "1992"), ("PERSON", "Z. MILLER"),
+            ("LOCATION", "St. Agnes"), ("DATE", "28 Oct, 88"), ("DATE", "sept."), ("LOCATION", "BALTIMORE REHAB")
+            } <= _sure_hits(text)
+
+
+def test_detected_spans_lose_the_words_beside_phi():
+    from tasks.deidentify.engine import trim_edges
+
+    text = ("Dr. Stronczek in room. family mtg monday 8/28. arrived to CCU at 2300 10/15. to quartermain 2 today. "
+            "COPING-SISTER,CARROLL ANNE called. Reported to Dr. O'Rourke, 250ml NS. MR DEXTER WORSENED THRU NOC.")
+
+    def span(value: str, entity_type: str, score: float = 0.9) -> PhiSpan:
+        start = text.index(value)
+        return PhiSpan(start, start + len(value), entity_type, score)
+
+    spans = [span("Dr. Stronczek", "PERSON"), span("monday 8/28", "DATE"), span("2300 10/15", "DATE"),
+             span("quartermain 2", "LOCATION"), span("SISTER,CARROLL ANNE", "PERSON"),
+             span("O'Rourke, 250ml", "PERSON"), span("DEXTER WORSENED", "PERSON")]
+    trimmed = [text[s.start : s.end] for s in trim_edges(text, spans, vocabulary=frozenset({"worsened"}))]
+    assert trimmed == ["Stronczek", "8/28", "10/15", "quartermain", "CARROLL ANNE", "O'Rourke", "DEXTER"]
+
+
+def test_measurements_get_no_phi_probability_and_glued_dates_stay_dates():
+    import numpy as np
+
+    from tasks.deidentify.evaluate import TOKEN
+    from tasks.deidentify.token_model import OUTSIDE, _date_like, phi_probability
+
+    text = "c/o pain #9/10. PA 63-70/27-30, at 6:30 and at 0400 hct sent"
+    tokens = [m.span() for m in TOKEN.finditer(text)]
+    phi = phi_probability(text, tokens, np.tile([0.5, 0.5], (len(tokens), 1)), [OUTSIDE, "DATE"].index(OUTSIDE))
+    numbers = [phi[i] for i, (start, end) in enumerate(tokens) if text[start:end].isdigit()]
+    assert numbers and all(p == 0 for p in numbers)
+    assert [_date_like(c) for c in ("9/7-ADMITTED", "on10/14/82>", "3/16->", "12.9/21.9")] == ["valid2", "valid3", "valid2", "no"]
 
 
 def test_clinical_shorthand_and_soap_letters_get_no_phi_probability():
@@ -174,11 +210,11 @@ def default_params(tmp_path_factory):
 
 
 def test_held_out_physionet_recall_and_presidio_f2(default_params):
-    """Regression guard on the figures in the README (precision on PhysioNet, 0.088, still falls short of 0.75)."""
+    """Regression guard on the figures in the README (precision on PhysioNet, 0.58, still falls short of 0.75)."""
     from tasks.deidentify.harness import evaluate_corpus
 
     physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", default_params, PROJECT, workers=2, progress=False)
-    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97 and physionet["precision"] >= 0.08
+    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97 and physionet["precision"] >= 0.5
     synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", default_params, PROJECT,
                             workers=2, progress=False)
     assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.85

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -24,8 +25,10 @@ from presidio_analyzer.nlp_engine import (
     SpacyNlpEngine,
 )
 from tqdm import tqdm
+from wordfreq import zipf_frequency
 
-from tasks.deidentify.recognizers import STOP_WORDS, clinical_recognizers
+from tasks.deidentify.lexicons import person_names
+from tasks.deidentify.recognizers import RELATIONS, STOP_WORDS, clinical_recognizers, could_be_name
 from tasks.deidentify.surrogates import (
     MAP_FILE,
     MAP_KEY_ENV,
@@ -33,7 +36,7 @@ from tasks.deidentify.surrogates import (
     pseudonym,
     write_surrogate_map,
 )
-from tasks.deidentify.token_model import Evidence, TokenPhiModel
+from tasks.deidentify.token_model import CLOCK_TIME, Evidence, TokenPhiModel
 from tasks.params import DeidentifyParams
 
 # Presidio's own recognizers worth keeping for clinical text; the others (bank, passport, crypto,
@@ -49,12 +52,30 @@ PRESIDIO_EVIDENCE = tuple(r for r in PRESIDIO_RECOGNIZERS if r != "PhoneRecogniz
 STRUCTURED_RECOGNIZERS = ("EmailRecognizer", "IpRecognizer", "ClinicalUrlRecognizer", "ClinicalSsnRecognizer",
                           "ClinicalPhoneRecognizer")
 TRUSTED_RULE_RECOGNIZERS = ("ContextNameRecognizer", "ClinicalDateRecognizer", "OldAgeRecognizer", "ClinicalIdRecognizer",
-                            "ClinicalLocationRecognizer", "HospitalRecognizer", "FacilityNameRecognizer")
+                            "ClinicalLocationRecognizer", "HospitalRecognizer", "FacilityNameRecognizer", "SaintPlaceRecognizer")
 # Presidio entity names folded into the types our surrogates know.
 ENTITY_ALIASES = {"DATE_TIME": "DATE", "MEDICAL_LICENSE": "ID", "ZIP": "LOCATION"}
 ENTITIES = ["PERSON", "LOCATION", "DATE", "AGE", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN", "IP_ADDRESS",
             "URL", "ID", "HOSPITAL", "MEDICAL_LICENSE"]
 PROPAGATED_TYPES = ("PERSON", "LOCATION", "HOSPITAL")
+# Words that sit next to PHI but are never part of it: "Dr. [Stronczek]", "SISTER,[CARROLL ANNE]",
+# "monday [8/28]", "[CALVERT] HOSPITAL". Detected spans lose them at either edge. Some stop words are
+# names ("Will", "Ed") or name facilities ("[Sacred Heart Memorial]", "[St. Joseph]").
+EDGE_WORDS = (
+    (STOP_WORDS - {"will", "ed", "memorial", "general", "heart", "st", "community"})
+    | frozenset(RELATIONS.split("|"))
+    | frozenset("""monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat sun
+                hosp nursing pager beeper md rn np cnm crna phd facs facc msw licsw rrt rt lpn cna""".split())
+)
+EDGE_TOKEN = re.compile(r"[A-Za-z0-9]+")
+# Clock times next to a date ("2300 10/15", "10/14/87, 0930", "6-19-19 3P") are not part of it; nor are
+# other numbers ("HCT 30 3/9"). 19xx and 20xx stay: they may be years.
+CLOCK_OR_NUMBER = re.compile(r"\d{1,2}(?:am|pm|a|p)|(?!19|20)\d{1,4}", re.I)
+NUMERIC_DATE = re.compile(r"\d{1,2}[/\-]\d{1,2}(?:[/\-]\d{2,4})?")
+UNSURE_SPAN_SCORE = 0.5
+COMMON_NAME_WORD_ZIPF = 4.0
+# A ward number is no part of the ward's name ("quartermain 2"); an apartment number is part of an address.
+ADDRESS_UNIT_WORDS = frozenset({"apt", "apartment", "suite", "ste", "unit", "no", "box", "floor", "fl"})
 # spaCy components PHI detection does not use; leaving them out halves the time spaCy takes.
 UNUSED_SPACY_COMPONENTS = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
 
@@ -169,24 +190,92 @@ def merge_overlaps(spans: list[PhiSpan]) -> list[PhiSpan]:
     return merged
 
 
-def propagate(text: str, spans: list[PhiSpan], min_score: float = 0.0) -> list[PhiSpan]:
+def _is_edge_token(text: str, span: PhiSpan, token: re.Match, chunks: list[str], at_end: bool,
+                   vocabulary: frozenset[str]) -> bool:
+    word = token.group()
+    bare = word.lower()
+    if bare in EDGE_WORDS:
+        return True
+    clinical_word = len(word) > 2 and bare in vocabulary and bare not in _listed_names()
+    # A name the model is unsure of loses common clinical words even when they are surnames too ("Walker",
+    # "Stat"); sure spans ("Dr. Art White") keep them. Places keep them: "Sacred Heart", "Holy Cross".
+    common_clinical_word = (span.score < UNSURE_SPAN_SCORE and len(word) > 2 and bare in vocabulary
+                            and bare not in _first_names() and zipf_frequency(bare, "en") >= COMMON_NAME_WORD_ZIPF)
+    possessive = bare == "s" and text[token.start() - 1 : token.start()] == "'"
+    if span.entity_type == "PERSON":
+        return clinical_word or common_clinical_word or possessive or any(c.isdigit() for c in word)
+    if span.entity_type == "DATE":
+        chunk = chunks[-1] if at_end else chunks[0]
+        return len(chunks) > 1 and bool(CLOCK_OR_NUMBER.fullmatch(chunk.strip(".,;:()"))) and any(
+            NUMERIC_DATE.fullmatch(c.strip(".,;:()")) for c in chunks)
+    if span.entity_type in ("LOCATION", "HOSPITAL") and at_end and (len(word) <= 2 and word.isdigit() or CLOCK_TIME.fullmatch(word)):
+        before = text[span.start : token.start()].split()
+        return bool(before) and before[-1].strip(".#,").lower() not in ADDRESS_UNIT_WORDS and before[-1] != "#"
+    return False
+
+
+def trim_edges(text: str, spans: list[PhiSpan], vocabulary: frozenset[str] = frozenset()) -> list[PhiSpan]:
+    """Spans without what sits at their edges but is no PHI: EDGE_WORDS, clock times beside a date,
+    digits or clinical words beside a name ("Dr. Dolan). Placed"), a ward number after a place.
+    A span of nothing else is dropped."""
+    trimmed = []
+    for span in spans:
+        tokens = list(EDGE_TOKEN.finditer(text, span.start, span.end))
+        while tokens:
+            chunks = text[tokens[0].start() : tokens[-1].end()].split()
+            if _is_edge_token(text, span, tokens[0], chunks, False, vocabulary):
+                tokens.pop(0)
+            elif _is_edge_token(text, span, tokens[-1], chunks, True, vocabulary):
+                tokens.pop()
+            else:
+                break
+        if tokens:
+            trimmed.append(PhiSpan(tokens[0].start(), tokens[-1].end(), span.entity_type, span.score))
+    return trimmed
+
+
+@functools.cache
+def _listed_names() -> frozenset[str]:
+    first_names, last_names = person_names()
+    return frozenset(first_names) | frozenset(last_names)
+
+
+@functools.cache
+def _first_names() -> frozenset[str]:
+    return frozenset(person_names()[0])
+
+
+def worth_propagating(word: str, vocabulary: frozenset[str]) -> bool:
+    """A word found as a name or place is searched for elsewhere in the note only when it could be one and is
+    no clinical word (surnames include "Nurse", "Given" and "Scale"): a stray "scale" must not spread."""
+    bare = word.lower()
+    return could_be_name(word) and (bare in _first_names() or bare not in vocabulary)
+
+
+def propagate(text: str, spans: list[PhiSpan], min_score: float = 0.0,
+              vocabulary: frozenset[str] = frozenset()) -> list[PhiSpan]:
     """Find every other mention of what was detected: 'Mrs. Jennings' also finds a bare 'JENNINGS'."""
     needles: dict[str, str] = {}
     for span in spans:
         if span.entity_type not in PROPAGATED_TYPES or span.score < min_score:
             continue
         value = text[span.start : span.end]
-        if len(value.strip()) >= 3:
+        if len(value.strip()) >= 3 and (" " in value.strip() or worth_propagating(value.strip(), vocabulary)):
             needles[value.lower()] = span.entity_type
         if span.entity_type == "PERSON":
             for token in re.findall(r"[A-Za-z][A-Za-z'\-]+", value):
-                if len(token) >= 3 and token.lower() not in STOP_WORDS:
+                if len(token) >= 3 and worth_propagating(token, vocabulary):
                     needles.setdefault(token.lower(), "PERSON")
     found = list(spans)
     for needle, entity_type in needles.items():
         for match in re.finditer(rf"(?<![A-Za-z]){re.escape(needle)}(?![A-Za-z])", text, re.I):
             found.append(PhiSpan(match.start(), match.end(), entity_type, 0.5))
     return merge_overlaps(found)
+
+
+def finish_spans(text: str, spans: list[PhiSpan], propagate_score: float, vocabulary: frozenset[str]) -> list[PhiSpan]:
+    """What the detector makes of raw hits: merged, trimmed at the edges, and propagated through the note."""
+    return propagate(text, merge_overlaps(trim_edges(text, spans, vocabulary)), propagate_score, vocabulary)
 
 
 def chunk_text(text: str, size: int, overlap: int = 200) -> list[tuple[int, str]]:
@@ -257,7 +346,8 @@ class PhiDetector:
                 if not (r.entity_type == "PERSON" and piece[r.start : r.end].strip(" .").lower() in STOP_WORDS)
             )
         min_score = self.params.propagate_score if self.model is not None else 0.0
-        return [propagate(text, merge_overlaps(spans), min_score) for text, spans in zip(texts, found)]
+        vocabulary = self.model.vocabulary if self.model is not None else frozenset()
+        return [finish_spans(text, spans, min_score, vocabulary) for text, spans in zip(texts, found)]
 
 
 def load_token_model(path: Path) -> TokenPhiModel:

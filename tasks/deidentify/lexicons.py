@@ -32,6 +32,7 @@ CLINICAL_SHORTHAND = frozenset("""
     bilat bibasilar crackles rhonchi wheezes dsg drsg inr ptt hct wbc bun creat lytes neuro resp
     gi gu cv id skin social dispo plan nsg rn md np pa pt ot slp rt
     eve carevue max tmax conts tol lcx lad rca om rij lij ox3 ox2 doe trached intub
+    pts pt's ivs piv pivs overnite tonite nite nites lll rll rul lul rml
 """.split())
 
 

@@ -13,7 +13,7 @@ import re
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from wordfreq import zipf_frequency
 
-from tasks.deidentify.lexicons import person_names
+from tasks.deidentify.lexicons import CLINICAL_SHORTHAND, person_names
 
 # Words that end a run of candidate name tokens (function words, common clinical words).
 STOP_WORDS = frozenset(
@@ -37,13 +37,15 @@ NAME_TOKEN = r"(?:[A-Za-z]\.(?![A-Za-z])|[A-Za-z][A-Za-z'\-]*)"  # a word, or an
 # Words at least this frequent in English (wordfreq's Zipf scale; "aware" 4.8, "notify" 3.9) are
 # names only when a name list has them.
 COMMON_WORD_ZIPF = 3.5
+UNCOMMON_NAME_ZIPF = 3.8  # after "MD", "NP", "Rabbi": "Spears" 3.7, "Patty" 3.6; "cough" 4.0, "sees" 4.6
+INITIAL_SURNAME_ZIPF = 4.6  # after an initial: "Z. Miller" 4.5; "R. BASE" 5.0, "S. coffee" 4.9
 NAME_TOKENS = rf"{NAME_TOKEN}(?:[ ]{NAME_TOKEN}){{0,3}}"
 RELATIONS = (
     "wife|husband|spouse|partner|daughter|son|mother|father|mom|dad|sister|brother|niece|nephew|aunt|"
     "uncle|grandson|granddaughter|grandmother|grandfather|fiance|fiancee|boyfriend|girlfriend|friend|"
     "guardian|proxy|caregiver|neighbor"
 )
-CREDENTIALS = r"MD|M\.D\.|DO|D\.O\.|RN|NP|PA|PA-C|CNM|CRNA|PhD|FACS|FACC"
+CREDENTIALS = r"MD|M\.D\.|DO|D\.O\.|RN|NP|PA|PA-C|CNM|CRNA|PhD|FACS|FACC|BSN|MSN|DNP|RRT|MSW|LICSW|LCSW|LPN|CNA|PharmD|RPh"
 # In ICU notes these are also nasal prongs, the pulmonary artery, the verb and "Notify MD".
 AMBIGUOUS_CREDENTIALS = frozenset({"md", "do", "np", "pa"})
 HEADER_LABELS = (
@@ -65,10 +67,26 @@ def could_be_name(token: str) -> bool:
     if not is_content_word(token):
         return False
     bare = token.strip(".'-").lower()
+    if bare in CLINICAL_SHORTHAND:
+        return False
     if len(bare) == 1:
         return token.endswith(".")
     first_names, last_names = person_names()
     return bare in first_names or bare in last_names or zipf_frequency(bare, "en") < COMMON_WORD_ZIPF
+
+
+def could_be_first_name(token: str) -> bool:
+    """After a relation ("wife Mary", "son Vlad") comes a first name; surnames that are common words
+    ("Still", "Last", "Brought") are read as words there: "WIFE STILL IN DENIAL"."""
+    if not could_be_name(token):
+        return False
+    bare = token.strip(".'-").lower()
+    return len(bare) == 1 or bare in person_names()[0] or zipf_frequency(bare, "en") < COMMON_WORD_ZIPF
+
+
+def could_be_uncommon_name(token: str) -> bool:
+    """A listed name that is rare as an English word ("Spears", "Patty"), or an unlisted rare word."""
+    return could_be_name(token) and zipf_frequency(token.strip(".'-").lower(), "en") < UNCOMMON_NAME_ZIPF
 
 
 def leading_name_tokens(candidate: str, max_tokens: int = 3, accept=could_be_name) -> str:
@@ -98,13 +116,22 @@ def trailing_name_tokens(candidate: str, max_tokens: int = 3) -> str:
 class ContextNameRecognizer(EntityRecognizer):
     """PERSON spans found by the words around them rather than by their capitalisation."""
 
-    AFTER_CONTEXT = [
-        (re.compile(rf"(?im)^[ \t]*(?:{HEADER_LABELS})[ \t]*:[ \t]*(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.85),
-        (re.compile(rf"(?i)\b(?:dr|mr|mrs|ms|miss|mx|prof|doctor)\.?[ ]+(?P<name>{NAME_TOKENS})"), 0.85),
-        (re.compile(rf"(?i)\b(?:{RELATIONS})(?:[ ]?,|[ ]is|[ ]named)?[ ]+(?P<name>{NAME_TOKENS})"), 0.7),
-        (re.compile(rf"(?i)\b(?:signed|dictated|transcribed|reviewed|seen|examined)[ ]by[ ]+(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.8),
+    AFTER_CONTEXT = [  # (pattern, score, which words can be names)
+        (re.compile(rf"(?im)^[ \t]*(?:{HEADER_LABELS})[ \t]*:[ \t]*(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"), 0.85, could_be_name),
+        # "MS" without a period is morphine or mental status in ICU notes: "MS back to baseline".
+        (re.compile(rf"(?i)\b(?:dr|mr|mrs|ms(?=\.)|miss|mx|prof|doctor)\.?[ ]+(?P<name>{NAME_TOKENS})"), 0.85, could_be_name),
+        (re.compile(rf"(?i)\b(?:rabbi|rev|reverend|pastor|chaplain|fr)\.?[ ]+(?P<name>{NAME_TOKENS})"), 0.85,
+         could_be_uncommon_name),
+        # "W/MD SPEARS", "per NP Patty", "MS SANTANGELO"; "MD aware", "NP COUGH", "MS back" have no name after them.
+        (re.compile(rf"(?i)\b(?:md|np|rn|ms)[ ]+(?P<name>{NAME_TOKENS})"), 0.7, could_be_uncommon_name),
+        (re.compile(rf"(?i)\b(?:{RELATIONS})(?:[ ]*,[ ]*|[ ]is[ ]+|[ ]named[ ]+|[ ]+)(?P<name>{NAME_TOKENS})"), 0.7,
+         could_be_first_name),
+        (re.compile(rf"(?i)\b(?:signed|dictated|transcribed|reviewed|seen|examined)[ ]by[ ]+(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"),
+         0.8, could_be_name),
     ]
-    BEFORE_CREDENTIAL = re.compile(rf"(?<![\w.])(?P<name>(?:{NAME_TOKEN}[ ]){{0,2}}{NAME_TOKEN})(?P<comma>,?)[ ]+(?P<credential>{CREDENTIALS})\b", re.I)
+    BEFORE_CREDENTIAL = re.compile(rf"(?<![\w.])(?P<name>(?:{NAME_TOKEN}[ ]){{0,2}}{NAME_TOKEN})(?P<comma>,?)[ ]+(?P<credential>{CREDENTIALS})\b(?![#']|/\d|[ ]?\d)", re.I)
+    # "Z. MILLER", "per E. Welsh": an initial before a listed surname.
+    INITIAL_AND_SURNAME = re.compile(r"(?<![\w.'&/])[A-Z]\.[ ]?(?P<surname>[A-Za-z][A-Za-z'\-]+)")
 
     def __init__(self) -> None:
         super().__init__(supported_entities=["PERSON"], name="ContextNameRecognizer")
@@ -114,12 +141,17 @@ class ContextNameRecognizer(EntityRecognizer):
 
     def analyze(self, text, entities, nlp_artifacts=None):
         results = []
-        for pattern, score in self.AFTER_CONTEXT:
+        for pattern, score, accept in self.AFTER_CONTEXT:
             for match in pattern.finditer(text):
-                name = leading_name_tokens(match.group("name"))
+                name = leading_name_tokens(match.group("name"), accept=accept)
                 if name:
                     start = match.start("name")
                     results.append(RecognizerResult("PERSON", start, start + len(name), score))
+        for match in self.INITIAL_AND_SURNAME.finditer(text):
+            surname = match.group("surname")
+            if (surname.lower() in person_names()[1] and could_be_name(surname)
+                    and zipf_frequency(surname.lower(), "en") < INITIAL_SURNAME_ZIPF):
+                results.append(RecognizerResult("PERSON", match.start(), match.end(), 0.7))
         for match in self.BEFORE_CREDENTIAL.finditer(text):
             name = trailing_name_tokens(match.group("name"))
             if name:
@@ -153,6 +185,21 @@ class GroupPatternRecognizer(EntityRecognizer):
         return results
 
 
+NOT_A_QUANTITY = r"\b(?![.:/\-]?\d)(?![ ]?(?:cc|ml|mg|mcg|units?|u|kcal|hrs?|h|cm|mm|kg|g|gm|ft)\b)"
+TIME_WORDS = re.compile(r"(?:\b(?:at|by|until|till|til|around|approx|about|before|after|from|to|between|and|"
+                        r"start(?:ed)?|given|due|q)|[@~>-])[ ]*$", re.I)
+
+
+# Words a year follows in a history ("CVA 2004", "since 2006", "dx'd in 2010").
+YEAR_CONTEXT = (r"in|since|during|of|year|yr|mi|cva|cabg|ptca|pci|stent|stroke|dx|dx'd|diagnosed|s/p|hx|history|"
+                r"born|surgery|repair|resection|removal|replacement|transplant|ca|cancer")
+
+
+def not_after_time_word(text: str, start: int, end: int) -> tuple[int, int]:
+    """Nothing when the number follows a word that times follow ("at 2000", "~1930", "until 2030")."""
+    return (start, start) if TIME_WORDS.search(text[max(0, start - 12) : start]) else (start, end)
+
+
 MONTHS = r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|jun(?:e)?|jul(?:y)?|aug(?:ust)?|sep(?:t|tember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
 STREET_SUFFIX = (
     r"street|st|avenue|ave|road|rd|lane|ln|drive|dr|court|ct|boulevard|blvd|way|place|pl|terrace|ter|"
@@ -182,16 +229,30 @@ def trim_facility_span(text: str, start: int, end: int) -> tuple[int, int]:
 # Words that make "<word> rehab" a kind of care rather than a named place.
 GENERIC_FACILITY_WORDS = frozenset("""acute outside cardiac pulmonary physical inpatient outpatient local another other
     community home rehab hosp hospital subacute sub-acute long term skilled nursing vna private state va city county
-    general university nearest closest same new previous prior""".split())
+    general university nearest closest same new previous prior con't cont continue to per from""".split())
 
 
 def trim_named_facility(text: str, start: int, end: int) -> tuple[int, int]:
-    """The name before a facility shorthand ("UNION" of "UNION HOSP"); empty when its words are generic."""
+    """The name before a facility shorthand ("UNION" of "UNION HOSP"); empty when its words are generic.
+    "Rehab" stays: "Baltimore Rehab" is the place's name, where "UNION HOSP" abbreviates a kind of place."""
     start, end = trim_facility_span(text, start, end)
-    words = text[start:end].split(" ")[:-1]
-    if not words or any(w.lower() in GENERIC_FACILITY_WORDS for w in words):
+    words = text[start:end].split(" ")
+    if len(words) < 2 or any(w.lower() in GENERIC_FACILITY_WORDS for w in words[:-1]):
         return start, start
-    return start, start + len(" ".join(words))
+    return start, end if words[-1].lower() == "rehab" else start + len(" ".join(words[:-1]))
+
+
+def saint_name(text: str, start: int, end: int) -> tuple[int, int]:
+    saint = re.split(r"[ .']+", text[start:end])[1].lower()
+    return (start, end) if saint in person_names()[0] else (start, start)
+
+
+def street_name_words(text: str, start: int, end: int) -> tuple[int, int]:
+    """An address only when the words between number and suffix are content words: not "3 WAY FOLEY IN PLACE"."""
+    words = text[start:end].split()[1:-1]
+    if any(not is_content_word(w) or w.lower() in CLINICAL_SHORTHAND for w in words):
+        return start, start
+    return start, end
 
 
 def trim_to_place_tokens(text: str, start: int, end: int) -> tuple[int, int]:
@@ -203,14 +264,21 @@ def clinical_recognizers() -> list[EntityRecognizer]:
     return [
         ContextNameRecognizer(),
         GroupPatternRecognizer("DATE", [
-            (r"(?<![\w./])(?P<phi>(?:0?[1-9]|1[0-2])[/\-.](?:0?[1-9]|[12]\d|3[01])[/\-.](?:\d{4}|\d{2}))(?![\w/%]|\.\d)", 0.85),
+            (r"(?<![\w./])(?P<phi>(?:0?[1-9]|1[0-2])(?P<sep>[/\-.])(?:0?[1-9]|[12]\d|3[01])(?P=sep)(?:\d{4}|\d{2}))(?![\w/%]|\.\d)", 0.85),
             (r"(?P<phi>\b(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b)", 0.9),
             (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+\d{{1,2}}(?:st|nd|rd|th)?,?[ ]+(?:1[89]|20)\d{{2}}\b)", 0.9),
             (rf"(?P<phi>\b\d{{1,2}}(?:st|nd|rd|th)?[ ]+(?:{MONTHS})\.?,?[ ]+(?:1[89]|20)\d{{2}}\b)", 0.9),
             (rf"(?P<phi>\b(?:{MONTHS})\.?[ ]+(?:19|20)\d{{2}}\b)", 0.6),
+            (rf"(?P<phi>\b\d{{1,2}}[ ]+(?:{MONTHS})\.?,?[ ]+'?\d{{2}})\b", 0.85),  # 28 Oct, 88
+            (rf"\b(?:in|since|during|early|late|mid|last|next|until|of)[ ]+(?P<phi>(?!may\b|mar\b|dec\b)(?:{MONTHS})\b\.?)", 0.7),  # in sept.; not "in dec", "may"
+            # "on the 11th."; not "the 5th intercostal space", "the 4th ventricle", "on 1st step mattress"
+            (r"\b(?:the|on)[ ]+(?P<phi>(?:[12]?\d|3[01])(?:st|nd|rd|th))\b(?=[ ]*(?:[.,;)]|$|of\b))", 0.7),
             (r"(?<![\w'])(?P<phi>'\d{2})\b(?!['\w])", 0.8),  # '92
-            # A bare year ("MI 1992", "since 2006"); nursing notes also write times as 1900, 2000.
-            (r"(?<![\w.:/\-])(?P<phi>(?:19[0-9]|20[0-4])\d)\b(?![.:/\-]?\d)(?![ ]?(?:cc|ml|mg|mcg|units?|u|kcal|hrs?|h)\b)", 0.5),
+            # A bare year ("MI 1992", "since 2006"). Nursing notes also write clock times as 1900 or 2030, so
+            # a year that could be a time ("at 2000") needs a context that is not a time's.
+            (rf"(?<![\w.:/\-])(?P<phi>19[6-9]\d){NOT_A_QUANTITY}", 0.85),
+            (rf"(?<![\w.:/\-])(?P<phi>(?:19[0-5]|20[0-4])\d){NOT_A_QUANTITY}", 0.5, not_after_time_word),
+            (rf"\b(?:{YEAR_CONTEXT})[ ]+(?:in[ ]+)?(?P<phi>(?:19[0-5]|20[0-4])\d){NOT_A_QUANTITY}", 0.75),
         ], name="ClinicalDateRecognizer"),
         GroupPatternRecognizer("AGE", [
             (r"(?P<phi>\b(?:9\d|1[0-2]\d))(?=[ -]*(?:years?|yrs?|yo\b|y/o|y\.o\.))", 0.9),
@@ -231,13 +299,17 @@ def clinical_recognizers() -> list[EntityRecognizer]:
             (r"(?P<phi>\b\d{6,}\b)", 0.5),
         ], name="ClinicalIdRecognizer"),
         GroupPatternRecognizer("LOCATION", [
-            (rf"(?P<phi>\b\d{{1,6}}[ ]+(?:[A-Za-z][A-Za-z']*[ ]+){{1,4}}(?:{STREET_SUFFIX})\b\.?"
-             r"(?:,?[ ]+(?:apt|apartment|suite|ste|unit|#)\.?[ ]*[A-Za-z0-9\-]+)?)", 0.8),
+            (rf"(?<![\d.])(?P<phi>\b\d{{1,6}}[ ]+(?:[A-Za-z][A-Za-z']*[ ]+){{1,4}}(?:{STREET_SUFFIX})\b\.?"
+             r"(?:,?[ ]+(?:apt|apartment|suite|ste|unit|#)\.?[ ]*[A-Za-z0-9\-]+)?)", 0.8, street_name_words),
             (r",[ ]+(?P<phi>[A-Za-z][A-Za-z.' ]{1,30}?),[ ]+[A-Za-z]{2}[ ]+\d{5}(?:-\d{4})?\b", 0.8),
             (r"\b[A-Za-z]{2}[ ]+(?P<phi>\d{5}(?:-\d{4})?)\b", 0.7),
             (r"\bzip(?:[ ]code)?[ :#]*(?P<phi>\d{5}(?:-\d{4})?)\b", 0.9),
             (r"\b(?:lives|living|resides|residing|moved)[ ]+(?:in|to)[ ]+(?P<phi>[A-Za-z][A-Za-z'\-]*(?:[ ][A-Za-z][A-Za-z'\-]*){0,2})", 0.6, trim_to_place_tokens),
         ], name="ClinicalLocationRecognizer"),
+        GroupPatternRecognizer("LOCATION", [
+            # Places named for saints: "St. Agnes", "St Mary's"; not "ST ELEVATION" (no first name).
+            (r"(?<![\w.])(?P<phi>st\.?[ ]+[a-z]+(?:'s)?)\b", 0.7, saint_name),
+        ], name="SaintPlaceRecognizer"),
         GroupPatternRecognizer("HOSPITAL", [
             (rf"(?P<phi>(?:\bst\.?[ ]+)?(?:\b[A-Za-z][A-Za-z'\-]*[ ]+){{1,3}}(?:{FACILITY})\b)", 0.7, trim_facility_span),
         ], name="HospitalRecognizer"),

@@ -65,8 +65,15 @@ def shape(word: str) -> str:
     return re.sub(r"(.)\1{3,}", r"\1\1\1", out)
 
 
+# A date glued to a word or an arrow: "9/7-ADMITTED", "10/4-", "on10/14/82>", "UO-9/10".
+GLUED_DATE = re.compile(r"[A-Za-z]{0,3}-?(\d{1,2}[/\-]\d{1,2}(?:[/\-]\d{2,4})?)(?:[\-/>]+[A-Za-z]*)?")
+
+
 def _date_like(chunk: str) -> str:
     """Whether a chunk of digits reads as a valid month/day(/year), or as something else."""
+    glued = GLUED_DATE.fullmatch(chunk)
+    if glued and not (chunk[:1].isdigit() and chunk[-1:].isdigit()):
+        chunk = glued.group(1)
     parts = re.split(r"[/\-]", chunk.strip("'"))
     if not all(p.isdigit() for p in parts) or len(parts) == 1:
         return "year" if re.fullmatch(r"'?\d{2}|(?:19|20)\d{2}", chunk) else "no"
@@ -134,6 +141,9 @@ class FeatureExtractor:
         self.vocabulary = vocabulary
         self.first_names, self.last_names = person_names()
         self.places = us_places()
+        # Every vocabulary word with one letter dropped: finds misspelt clinical words ("hemrroids", "apetite"),
+        # which otherwise look as rare as surnames.
+        self.one_letter_dropped = {w[:i] + w[i + 1 :] for w in vocabulary if len(w) >= 5 for i in range(len(w))}
         self._words: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def _word(self, word: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -160,10 +170,18 @@ class FeatureExtractor:
                 own.append("name_and_word")
             if not (w in self.vocabulary or w.isdigit() or len(w) < 3):
                 own.append("unknown_word")
+                if len(w) >= 5 and self._near_vocabulary(w):
+                    own.append("misspelt_word")
             cached = (tuple(own), tuple(lexical))
             if len(self._words) < 500_000:
                 self._words[word] = cached
         return cached
+
+    def _near_vocabulary(self, w: str) -> bool:
+        """One insertion, deletion or substitution away from a vocabulary word."""
+        dropped = [w[:i] + w[i + 1 :] for i in range(len(w))]
+        return (w in self.one_letter_dropped or any(d in self.vocabulary for d in dropped)
+                or any(d in self.one_letter_dropped for d in dropped))
 
     def note_features(self, text: str, evidence: list[Evidence]) -> tuple[list[tuple[int, int]], list[list[str]]]:
         tokens = [m.span() for m in TOKEN.finditer(text)]
@@ -305,9 +323,36 @@ def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.
         after = text[end : end + 2]
         # "S:", "O-", "S \"I want": a SOAP header letter; but "S. Dominico", "O'Driscoll", "U Maryland" are names.
         lone_letter = len(word) == 1 and word.isalpha() and not (after[:1] in (".", "'") or (after[:1] == " " and after[1:].isalpha()))
-        if lone_letter or word.lower() in CLINICAL_SHORTHAND:
+        lone_letter = lone_letter or (len(word) == 1 and word in "LRlr" and after[:1] != ".")  # left, right: "L radial a-line"
+        if lone_letter or word.lower() in CLINICAL_SHORTHAND or CLOCK_TIME.fullmatch(word) or is_measurement(text, start, end):
             phi[index] = 0.0
     return phi
+
+
+# "at 0400", "~ 2130": nursing notes' clock times are no PHI. 19xx and 20xx may be years and stay with the model.
+CLOCK_TIME = re.compile(r"(?:0\d|1[0-8]|2[1-3])[0-5]\d")
+COLON_TIME = re.compile(r"\d{1,2}:\d{2}(?:am|pm|a|p)?", re.I)
+SCORE_CHUNK = re.compile(r"\d{1,2}(?:-\d{1,2})?/(?:10|5|4)")
+SCORE_CONTEXT = re.compile(r"pain|c/o|#|scale|strength|rate[sd]?|discomfort|ache|\bha\b|motor|grip", re.I)
+
+
+def is_measurement(text: str, start: int, end: int) -> bool:
+    """Numbers that are no date: a clock time ("at 6:30"), pressures ("PA 63-70/27-30", "40/17-24"), vent
+    settings ("AC/700/12/60%"), and pain or strength scores ("c/o 5/10", "pain 3-4/10", "4/5 strength")."""
+    chunk = _chunk(text, start, end).lstrip("#")
+    if not chunk[:1].isdigit() and not chunk[:1].isalpha():
+        return False
+    if COLON_TIME.fullmatch(chunk) or chunk.count("/") >= 3:
+        return True
+    # "9/30-", "3/16->", "9/7-INITIAL": a date and an arrow or a word, not a range of pressures
+    pieces = [piece for piece in re.split(r"[\-<>]+", chunk) if re.fullmatch(r"[\d/]+", piece)]
+    if "/" in chunk and len(pieces) > 1 and not all(_date_like(piece).startswith("valid") for piece in pieces):
+        return True
+    if not SCORE_CHUNK.fullmatch(chunk):
+        return False
+    at = text.find(chunk, max(0, start - len(chunk)))
+    before, after = text[max(0, at - 30) : at], text[at + len(chunk) : at + len(chunk) + 20]
+    return bool(SCORE_CONTEXT.search(before) or SCORE_CONTEXT.search(after))
 
 
 def share_within_chunks(text: str, tokens: list[tuple[int, int]], probability: np.ndarray) -> np.ndarray:
@@ -325,14 +370,26 @@ def share_within_chunks(text: str, tokens: list[tuple[int, int]], probability: n
     return shared
 
 
-def spans_from_tokens(text, tokens, probabilities, classes, outside_column: int, threshold: float) -> list[TokenSpan]:
+def _phi_class(probabilities: np.ndarray, outside_column: int) -> int:
+    without_outside = probabilities.copy()
+    without_outside[outside_column] = -1
+    return int(np.argmax(without_outside))
+
+
+def spans_from_tokens(text, tokens, probabilities, classes, outside_column: int, threshold: float,
+                      surely_found: np.ndarray | None = None) -> list[TokenSpan]:
+    """Runs of tokens at or above `threshold`, typed by their summed class votes; `surely_found` tokens count as 1."""
     phi = phi_probability(text, tokens, probabilities, outside_column)
+    if surely_found is not None:
+        phi = np.where(surely_found, 1.0, phi)
     spans: list[TokenSpan] = []
     type_votes: list[np.ndarray] = []
     for index, (start, end) in enumerate(tokens):
         if phi[index] < threshold:
             continue
-        joins = spans and JOINABLE_GAP.fullmatch(text[spans[-1].end : start]) and tokens[index - 1][1] == spans[-1].end
+        # A name next to a phone number ("Baker- 212- 476- 8356") is two spans of two types.
+        joins = (spans and JOINABLE_GAP.fullmatch(text[spans[-1].end : start]) and tokens[index - 1][1] == spans[-1].end
+                 and _phi_class(probabilities[index], outside_column) == _phi_class(probabilities[index - 1], outside_column))
         if joins:
             last = spans[-1]
             spans[-1] = TokenSpan(last.start, end, last.entity_type, max(last.score, float(phi[index])))
