@@ -133,11 +133,14 @@ def test_measurements_get_no_phi_probability_and_glued_dates_stay_dates():
     from tasks.deidentify.evaluate import TOKEN
     from tasks.deidentify.token_model import OUTSIDE, _date_like, phi_probability
 
-    text = "c/o pain #9/10. PA 63-70/27-30, at 6:30 and at 0400 hct sent"
+    text = "c/o pain #9/10. PA 63-70/27-30, at 6:30 and at 0400 hct sent. BP 99/40, lasix up from 9 mg. BC FROM 9/2 GM +"
     tokens = [m.span() for m in TOKEN.finditer(text)]
     phi = phi_probability(text, tokens, np.tile([0.5, 0.5], (len(tokens), 1)), [OUTSIDE, "DATE"].index(OUTSIDE))
-    numbers = [phi[i] for i, (start, end) in enumerate(tokens) if text[start:end].isdigit()]
-    assert numbers and all(p == 0 for p in numbers)
+    date_at = text.index("9/2")
+    in_date = [date_at <= start < date_at + 3 for start, _ in tokens]
+    numbers = [(p, dated) for p, dated, (start, end) in zip(phi, in_date, tokens) if text[start:end].isdigit()]
+    assert [p for p, dated in numbers if dated] == [0.5, 0.5]
+    assert all(p == 0 for p, dated in numbers if not dated)
     assert [_date_like(c) for c in ("9/7-ADMITTED", "on10/14/82>", "3/16->", "12.9/21.9")] == ["valid2", "valid3", "valid2", "no"]
 
 
@@ -210,11 +213,11 @@ def default_params(tmp_path_factory):
 
 
 def test_held_out_physionet_recall_and_presidio_f2(default_params):
-    """Regression guard on the figures in the README (precision on PhysioNet, 0.58, still falls short of 0.75)."""
+    """Regression guard on the figures in the README (precision on PhysioNet, 0.60, still falls short of 0.75)."""
     from tasks.deidentify.harness import evaluate_corpus
 
     physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", default_params, PROJECT, workers=2, progress=False)
-    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97 and physionet["precision"] >= 0.5
+    assert physionet["notes"] < 973 and physionet["recall"] >= 0.97 and physionet["precision"] >= 0.55
     synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", default_params, PROJECT,
                             workers=2, progress=False)
     assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.85

@@ -324,7 +324,8 @@ def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.
         # "S:", "O-", "S \"I want": a SOAP header letter; but "S. Dominico", "O'Driscoll", "U Maryland" are names.
         lone_letter = len(word) == 1 and word.isalpha() and not (after[:1] in (".", "'") or (after[:1] == " " and after[1:].isalpha()))
         lone_letter = lone_letter or (len(word) == 1 and word in "LRlr" and after[:1] != ".")  # left, right: "L radial a-line"
-        if lone_letter or word.lower() in CLINICAL_SHORTHAND or CLOCK_TIME.fullmatch(word) or is_measurement(text, start, end):
+        numeric = any(c.isdigit() for c in word) and (CLOCK_TIME.fullmatch(word) or is_measurement(text, start, end))
+        if lone_letter or word.lower() in CLINICAL_SHORTHAND or numeric:
             phi[index] = 0.0
     return phi
 
@@ -336,9 +337,17 @@ SCORE_CHUNK = re.compile(r"\d{1,2}(?:-\d{1,2})?/(?:10|5|4)")
 SCORE_CONTEXT = re.compile(r"pain|c/o|#|scale|strength|rate[sd]?|discomfort|ache|\bha\b|motor|grip", re.I)
 
 
+# A value right after a vital-sign or lab label ("BP 99/40", "CVP 9-14", "pco2 38"), or before a unit.
+MEASURED_LABEL = re.compile(
+    r"\b(?:bp|sbps?|dbp|nbp|abp|map|pa|pap|pad|cvp|pcwp|wedge|rr|hr|icp|cpp|po2|pco2|pao2|paco2|sao2|spo2|sats?|"
+    r"fio2|peep|ps|vt|tv|ptt|inr|hct|hgb|wbc|plts?|k|na|cl|co2|bun|cr|fs|bs|temp|tmax|ci|co|svr|uo)[\s:=+#-]{0,3}$", re.I)
+UNIT_AFTER = re.compile(r"[ ]?(?:mg|mcg|mcq|gm?|kg|cc|ml|mmhg|cm|mm|bpm|units?|u|meq|mmol|min|mins)\b|%", re.I)
+
+
 def is_measurement(text: str, start: int, end: int) -> bool:
     """Numbers that are no date: a clock time ("at 6:30"), pressures ("PA 63-70/27-30", "40/17-24"), vent
-    settings ("AC/700/12/60%"), and pain or strength scores ("c/o 5/10", "pain 3-4/10", "4/5 strength")."""
+    settings ("AC/700/12/60%"), values after a vital-sign label or before a unit ("BP 99/40", "from 9 mg"),
+    and pain or strength scores ("c/o 5/10", "pain 3-4/10", "4/5 strength")."""
     chunk = _chunk(text, start, end).lstrip("#")
     if not chunk[:1].isdigit() and not chunk[:1].isalpha():
         return False
@@ -348,11 +357,12 @@ def is_measurement(text: str, start: int, end: int) -> bool:
     pieces = [piece for piece in re.split(r"[\-<>]+", chunk) if re.fullmatch(r"[\d/]+", piece)]
     if "/" in chunk and len(pieces) > 1 and not all(_date_like(piece).startswith("valid") for piece in pieces):
         return True
-    if not SCORE_CHUNK.fullmatch(chunk):
-        return False
     at = text.find(chunk, max(0, start - len(chunk)))
     before, after = text[max(0, at - 30) : at], text[at + len(chunk) : at + len(chunk) + 20]
-    return bool(SCORE_CONTEXT.search(before) or SCORE_CONTEXT.search(after))
+    # ("BC FROM 9/2 GM + COCCI" is a date before a Gram stain.)
+    if chunk[:1].isdigit() and (MEASURED_LABEL.search(before) or UNIT_AFTER.match(after) and not _date_like(chunk).startswith("valid")):
+        return True
+    return bool(SCORE_CHUNK.fullmatch(chunk) and (SCORE_CONTEXT.search(before) or SCORE_CONTEXT.search(after)))
 
 
 def share_within_chunks(text: str, tokens: list[tuple[int, int]], probability: np.ndarray) -> np.ndarray:
