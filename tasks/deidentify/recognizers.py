@@ -123,7 +123,7 @@ class ContextNameRecognizer(EntityRecognizer):
         (re.compile(rf"(?i)\b(?:rabbi|rev|reverend|pastor|chaplain|fr)\.?[ ]+(?P<name>{NAME_TOKENS})"), 0.85,
          could_be_uncommon_name),
         # "W/MD SPEARS", "per NP Patty", "MS SANTANGELO"; "MD aware", "NP COUGH", "MS back" have no name after them.
-        (re.compile(rf"(?i)\b(?:md|np|rn|ms)[ ]+(?P<name>{NAME_TOKENS})"), 0.7, could_be_uncommon_name),
+        (re.compile(rf"(?i)\b(?:md|np|rn|ms|ho)[ ]+(?P<name>{NAME_TOKENS})"), 0.7, could_be_uncommon_name),
         (re.compile(rf"(?i)\b(?:{RELATIONS})(?:[ ]*,[ ]*|[ ]is[ ]+|[ ]named[ ]+|[ ]+)(?P<name>{NAME_TOKENS})"), 0.7,
          could_be_first_name),
         (re.compile(rf"(?i)\b(?:signed|dictated|transcribed|reviewed|seen|examined)[ ]by[ ]+(?:dr\.?[ ]+)?(?P<name>{NAME_TOKENS})"),
@@ -192,7 +192,7 @@ TIME_WORDS = re.compile(r"(?:\b(?:at|by|until|till|til|around|approx|about|befor
 
 # Words a year follows in a history ("CVA 2004", "since 2006", "dx'd in 2010").
 YEAR_CONTEXT = (r"in|since|during|of|year|yr|mi|cva|cabg|ptca|pci|stent|stroke|dx|dx'd|diagnosed|s/p|hx|history|"
-                r"born|surgery|repair|resection|removal|replacement|transplant|ca|cancer")
+                r"born|surgery|repair|resection|removal|replacement|transplant|ca|cancer|smoking|quit")
 
 
 def not_after_time_word(text: str, start: int, end: int) -> tuple[int, int]:
@@ -279,6 +279,7 @@ def clinical_recognizers() -> list[EntityRecognizer]:
             (rf"(?<![\w.:/\-])(?P<phi>19[6-9]\d){NOT_A_QUANTITY}", 0.85),
             (rf"(?<![\w.:/\-])(?P<phi>(?:19[0-5]|20[0-4])\d){NOT_A_QUANTITY}", 0.5, not_after_time_word),
             (rf"\b(?:{YEAR_CONTEXT})[ ]+(?:in[ ]+)?(?P<phi>(?:19[0-5]|20[0-4])\d){NOT_A_QUANTITY}", 0.75),
+            (rf"\b(?:{YEAR_CONTEXT})[ ]+(?:in[ ]+)?(?P<phi>\d{{2}})'(?![\w'])", 0.75),  # "RESECTION 62'"
         ], name="ClinicalDateRecognizer"),
         GroupPatternRecognizer("AGE", [
             (r"(?P<phi>\b(?:9\d|1[0-2]\d))(?=[ -]*(?:years?|yrs?|yo\b|y/o|y\.o\.))", 0.9),

@@ -94,7 +94,7 @@ def _chunk(text: str, start: int, end: int) -> str:
     right = end
     while right < len(text) and not text[right].isspace() and right - end < 20:
         right += 1
-    return text[left:right].strip(",;().:")
+    return text[left:right].strip(",;().:*\"!?[]")  # "11/23*****", "(7/10)"
 
 
 def _separator(text: str) -> str:
