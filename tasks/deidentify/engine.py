@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -65,7 +64,7 @@ EDGE_WORDS = (
     (STOP_WORDS - {"will", "ed", "memorial", "general", "heart", "st", "community"})
     | frozenset(RELATIONS.split("|"))
     | frozenset("""monday tuesday wednesday thursday friday saturday sunday mon tue tues wed thu thur thurs fri sat sun
-                hosp nursing pager beeper md rn np cnm crna phd facs facc msw licsw rrt rt lpn cna""".split())
+                hosp nursing pager beeper cnm crna phd facs facc msw licsw rrt rt lpn cna""".split())
 )
 EDGE_TOKEN = re.compile(r"[A-Za-z0-9]+")
 # Clock times next to a date ("2300 10/15", "10/14/87, 0930", "6-19-19 3P") are not part of it; nor are
@@ -196,11 +195,12 @@ def _is_edge_token(text: str, span: PhiSpan, token: re.Match, chunks: list[str],
     bare = word.lower()
     if bare in EDGE_WORDS:
         return True
-    clinical_word = len(word) > 2 and bare in vocabulary and bare not in _listed_names()
+    first_names, last_names = person_names()
+    clinical_word = len(word) > 2 and bare in vocabulary and bare not in first_names and bare not in last_names
     # A name the model is unsure of loses common clinical words even when they are surnames too ("Walker",
     # "Stat"); sure spans ("Dr. Art White") keep them. Places keep them: "Sacred Heart", "Holy Cross".
     common_clinical_word = (span.score < UNSURE_SPAN_SCORE and len(word) > 2 and bare in vocabulary
-                            and bare not in _first_names() and zipf_frequency(bare, "en") >= COMMON_NAME_WORD_ZIPF)
+                            and bare not in first_names and zipf_frequency(bare, "en") >= COMMON_NAME_WORD_ZIPF)
     possessive = bare == "s" and text[token.start() - 1 : token.start()] == "'"
     if span.entity_type == "PERSON":
         return clinical_word or common_clinical_word or possessive or any(c.isdigit() for c in word)
@@ -234,22 +234,11 @@ def trim_edges(text: str, spans: list[PhiSpan], vocabulary: frozenset[str] = fro
     return trimmed
 
 
-@functools.cache
-def _listed_names() -> frozenset[str]:
-    first_names, last_names = person_names()
-    return frozenset(first_names) | frozenset(last_names)
-
-
-@functools.cache
-def _first_names() -> frozenset[str]:
-    return frozenset(person_names()[0])
-
-
 def worth_propagating(word: str, vocabulary: frozenset[str]) -> bool:
     """A word found as a name or place is searched for elsewhere in the note only when it could be one and is
     no clinical word (surnames include "Nurse", "Given" and "Scale"): a stray "scale" must not spread."""
     bare = word.lower()
-    return could_be_name(word) and (bare in _first_names() or bare not in vocabulary)
+    return could_be_name(word) and (bare in person_names()[0] or bare not in vocabulary)
 
 
 def propagate(text: str, spans: list[PhiSpan], min_score: float = 0.0,

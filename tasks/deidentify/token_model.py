@@ -313,30 +313,11 @@ class TokenPhiModel:
         return cls(state["crf"], frozenset(state["vocabulary"]), state["threshold"])
 
 
-def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.ndarray, outside_column: int) -> np.ndarray:
-    """P(PHI) per token: shared within a date, nil for clinical shorthand and for a lone letter ("S:")."""
-    if not len(tokens):
-        return np.zeros(0)
-    phi = share_within_chunks(text, tokens, 1.0 - probabilities[:, outside_column])
-    for index, (start, end) in enumerate(tokens):
-        word = text[start:end]
-        after = text[end : end + 2]
-        # "S:", "O-", "S \"I want": a SOAP header letter; but "S. Dominico", "O'Driscoll", "U Maryland" are names.
-        lone_letter = len(word) == 1 and word.isalpha() and not (after[:1] in (".", "'") or (after[:1] == " " and after[1:].isalpha()))
-        lone_letter = lone_letter or (len(word) == 1 and word in "LRlr" and after[:1] != ".")  # left, right: "L radial a-line"
-        numeric = any(c.isdigit() for c in word) and (CLOCK_TIME.fullmatch(word) or is_measurement(text, start, end))
-        if lone_letter or word.lower() in CLINICAL_SHORTHAND or numeric:
-            phi[index] = 0.0
-    return phi
-
-
 # "at 0400", "~ 2130": nursing notes' clock times are no PHI. 19xx and 20xx may be years and stay with the model.
 CLOCK_TIME = re.compile(r"(?:0\d|1[0-8]|2[1-3])[0-5]\d")
 COLON_TIME = re.compile(r"\d{1,2}:\d{2}(?:am|pm|a|p)?", re.I)
 SCORE_CHUNK = re.compile(r"\d{1,2}(?:-\d{1,2})?/(?:10|5|4)")
 SCORE_CONTEXT = re.compile(r"pain|c/o|#|scale|strength|rate[sd]?|discomfort|ache|\bha\b|motor|grip", re.I)
-
-
 # A value right after a vital-sign or lab label ("BP 99/40", "CVP 9-14", "pco2 38"), or before a unit.
 MEASURED_LABEL = re.compile(
     r"\b(?:bp|sbps?|dbp|nbp|abp|map|pa|pap|pad|cvp|pcwp|wedge|rr|hr|icp|cpp|po2|pco2|pao2|paco2|sao2|spo2|sats?|"
@@ -345,9 +326,11 @@ UNIT_AFTER = re.compile(r"[ ]?(?:mg|mcg|mcq|gm?|kg|cc|ml|mmhg|cm|mm|bpm|units?|u
 
 
 def is_measurement(text: str, start: int, end: int) -> bool:
-    """Numbers that are no date: a clock time ("at 6:30"), pressures ("PA 63-70/27-30", "40/17-24"), vent
+    """Numbers that are no date: a clock time ("at 0400", "6:30"), pressures ("PA 63-70/27-30", "40/17-24"), vent
     settings ("AC/700/12/60%"), values after a vital-sign label or before a unit ("BP 99/40", "from 9 mg"),
     and pain or strength scores ("c/o 5/10", "pain 3-4/10", "4/5 strength")."""
+    if CLOCK_TIME.fullmatch(text[start:end]):
+        return True
     chunk = _chunk(text, start, end).lstrip("#")
     if not chunk[:1].isdigit() and not chunk[:1].isalpha():
         return False
@@ -363,6 +346,23 @@ def is_measurement(text: str, start: int, end: int) -> bool:
     if chunk[:1].isdigit() and (MEASURED_LABEL.search(before) or UNIT_AFTER.match(after) and not _date_like(chunk).startswith("valid")):
         return True
     return bool(SCORE_CHUNK.fullmatch(chunk) and (SCORE_CONTEXT.search(before) or SCORE_CONTEXT.search(after)))
+
+
+def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.ndarray, outside_column: int) -> np.ndarray:
+    """P(PHI) per token: shared within a date, nil for clinical shorthand, a lone letter ("S:") and measurements."""
+    if not len(tokens):
+        return np.zeros(0)
+    phi = share_within_chunks(text, tokens, 1.0 - probabilities[:, outside_column])
+    for index, (start, end) in enumerate(tokens):
+        word = text[start:end]
+        after = text[end : end + 2]
+        # "S:", "O-", "S \"I want": a SOAP header letter; but "S. Dominico", "O'Driscoll", "U Maryland" are names.
+        lone_letter = len(word) == 1 and word.isalpha() and not (after[:1] in (".", "'") or (after[:1] == " " and after[1:].isalpha()))
+        lone_letter = lone_letter or (len(word) == 1 and word in "LRlr" and after[:1] != ".")  # left, right: "L radial a-line"
+        numeric = any(c.isdigit() for c in word) and is_measurement(text, start, end)
+        if lone_letter or word.lower() in CLINICAL_SHORTHAND or numeric:
+            phi[index] = 0.0
+    return phi
 
 
 def share_within_chunks(text: str, tokens: list[tuple[int, int]], probability: np.ndarray) -> np.ndarray:
@@ -387,11 +387,11 @@ def _phi_class(probabilities: np.ndarray, outside_column: int) -> int:
 
 
 def spans_from_tokens(text, tokens, probabilities, classes, outside_column: int, threshold: float,
-                      surely_found: np.ndarray | None = None) -> list[TokenSpan]:
-    """Runs of tokens at or above `threshold`, typed by their summed class votes; `surely_found` tokens count as 1."""
-    phi = phi_probability(text, tokens, probabilities, outside_column)
-    if surely_found is not None:
-        phi = np.where(surely_found, 1.0, phi)
+                      phi: np.ndarray | None = None) -> list[TokenSpan]:
+    """Runs of tokens whose P(PHI) (`phi`, by default from `probabilities`) reaches `threshold`, typed by
+    their summed class votes."""
+    if phi is None:
+        phi = phi_probability(text, tokens, probabilities, outside_column)
     spans: list[TokenSpan] = []
     type_votes: list[np.ndarray] = []
     for index, (start, end) in enumerate(tokens):

@@ -91,11 +91,18 @@ MAX_THRESHOLD = 0.5  # on an easy corpus (our synthetic notes alone) the search 
 
 @dataclass
 class OutOfFold:
-    """A calibration note as a model that never saw it reads it."""
+    """A calibration note as a model that never saw it reads it: marginals and P(PHI) per token."""
 
     sequence: NoteSequence
     model: TokenPhiModel
     marginals: np.ndarray
+    phi: np.ndarray
+
+    @classmethod
+    def read(cls, sequence: NoteSequence, model: TokenPhiModel) -> OutOfFold:
+        marginals = model.marginals(sequence.features)
+        return cls(sequence, model, marginals,
+                   phi_probability(sequence.note.text, sequence.tokens, marginals, model.outside_column))
 
 
 def detected_tokens(item: OutOfFold, threshold: float, propagate_score: float) -> np.ndarray:
@@ -103,7 +110,8 @@ def detected_tokens(item: OutOfFold, threshold: float, propagate_score: float) -
     the detector finishes them (edges trimmed, names propagated through the note)."""
     s, model = item.sequence, item.model
     spans = [PhiSpan(t.start, t.end, t.entity_type, t.score) for t in spans_from_tokens(
-        s.note.text, s.tokens, item.marginals, model.classes, model.outside_column, threshold, s.surely_found)]
+        s.note.text, s.tokens, item.marginals, model.classes, model.outside_column, threshold,
+        phi=np.where(s.surely_found, 1.0, item.phi))]
     found = finish_spans(s.note.text, spans, propagate_score, model.vocabulary)
     return np.array([any(f.start < end and start < f.end for f in found) for start, end in s.tokens], dtype=bool)
 
@@ -123,8 +131,7 @@ def threshold_for_recall(items: list[OutOfFold], target_recall: float, propagate
         hits = (detected & is_phi).sum()
         return float(hits / max(is_phi.sum(), 1)), float(hits / max(detected.sum(), 1))
 
-    phi = np.concatenate([phi_probability(i.sequence.note.text, i.sequence.tokens, i.marginals, i.model.outside_column)
-                          for i in items])
+    phi = np.concatenate([i.phi for i in items])
     candidates = np.unique(np.clip(phi[is_phi], 0.0, MAX_THRESHOLD))
     candidates = candidates[candidates > 0] if (candidates > 0).any() else np.array([MAX_THRESHOLD])
     low, high = 0, len(candidates) - 1  # recall falls as the threshold rises; find the last candidate that holds
@@ -167,7 +174,7 @@ def train_token_model(params: DeidModelParams, root: Path, detector, propagate_s
         fold_model = TokenPhiModel(_fit([sequences[i] for i in train_index], [weights[i] for i in train_index], params),
                                    vocabulary, MAX_THRESHOLD)
         for i in calibration.intersection(test_index):
-            out_of_fold[i] = OutOfFold(sequences[i], fold_model, fold_model.marginals(sequences[i].features))
+            out_of_fold[i] = OutOfFold.read(sequences[i], fold_model)
     threshold, cv_recall, cv_precision = threshold_for_recall(list(out_of_fold.values()), params.target_recall, propagate_score)
     model = TokenPhiModel(_fit(sequences, weights, params), vocabulary, threshold)
     labels = np.concatenate([s.labels for s in sequences if s.labels])
