@@ -27,7 +27,14 @@ from tqdm import tqdm
 from wordfreq import zipf_frequency
 
 from tasks.deidentify.lexicons import person_names
-from tasks.deidentify.recognizers import RELATIONS, STOP_WORDS, clinical_recognizers, could_be_name
+from tasks.deidentify.recognizers import (
+    MONTHS,
+    RELATIONS,
+    STOP_WORDS,
+    clinical_recognizers,
+    could_be_name,
+    is_misspelt_common_word,
+)
 from tasks.deidentify.surrogates import (
     MAP_FILE,
     MAP_KEY_ENV,
@@ -71,6 +78,10 @@ EDGE_TOKEN = re.compile(r"[A-Za-z0-9]+")
 # other numbers ("HCT 30 3/9"). 19xx and 20xx stay: they may be years.
 CLOCK_OR_NUMBER = re.compile(r"\d{1,2}(?:am|pm|a|p)|(?!19|20)\d{1,4}", re.I)
 NUMERIC_DATE = re.compile(r"\d{1,2}[/\-]\d{1,2}(?:[/\-]\d{2,4})?")
+# What a date is made of besides numbers; "CABG X3" between "MI '92" and "'92" is not.
+CALENDAR_WORD = re.compile(rf"(?:{MONTHS}|christmas|xmas|thanksgiving|easter|hanukkah|halloween|spring|summer|fall|"
+                           r"autumn|winter)", re.I)
+COUNT_OR_CODE = re.compile(r"[A-Za-z]*x\d{1,2}|[A-Za-z]{3,}\d+", re.I)  # "X3", "CABGX4", "Hct28"
 UNSURE_SPAN_SCORE = 0.5
 COMMON_NAME_WORD_ZIPF = 4.0
 # A ward number is no part of the ward's name ("quartermain 2"); an apartment number is part of an address.
@@ -203,7 +214,8 @@ def _is_edge_token(text: str, span: PhiSpan, token: re.Match, chunks: list[str],
                             and bare not in first_names and zipf_frequency(bare, "en") >= COMMON_NAME_WORD_ZIPF)
     possessive = bare == "s" and text[token.start() - 1 : token.start()] == "'"
     if span.entity_type == "PERSON":
-        return clinical_word or common_clinical_word or possessive or any(c.isdigit() for c in word)
+        return (clinical_word or common_clinical_word or possessive or any(c.isdigit() for c in word)
+                or is_misspelt_common_word(bare))
     if span.entity_type == "DATE":
         chunk = chunks[-1] if at_end else chunks[0]
         return len(chunks) > 1 and bool(CLOCK_OR_NUMBER.fullmatch(chunk.strip(".,;:()"))) and any(
@@ -232,6 +244,33 @@ def trim_edges(text: str, spans: list[PhiSpan], vocabulary: frozenset[str] = fro
         if tokens:
             trimmed.append(PhiSpan(tokens[0].start(), tokens[-1].end(), span.entity_type, span.score))
     return trimmed
+
+
+def _is_calendar_token(word: str) -> bool:
+    if any(c.isdigit() for c in word):
+        return not COUNT_OR_CODE.fullmatch(word)
+    return bool(CALENDAR_WORD.fullmatch(word))
+
+
+def split_dates(text: str, spans: list[PhiSpan]) -> list[PhiSpan]:
+    """Date spans cut where a word is no part of a date: "MI '92, CABG X3 '92" is two dates, "10/26: CABGX4"
+    one. Gold dates in the PhysioNet corpus have no other words."""
+    result = []
+    for span in spans:
+        tokens = list(EDGE_TOKEN.finditer(text, span.start, span.end))
+        if span.entity_type != "DATE" or all(_is_calendar_token(t.group()) for t in tokens):
+            result.append(span)
+            continue
+        piece: list[re.Match] = []
+        for token in [*tokens, None]:
+            if token is not None and _is_calendar_token(token.group()):
+                piece.append(token)
+                continue
+            if piece:
+                start = piece[0].start() - (text[piece[0].start() - 1] == "'" and piece[0].start() > span.start)
+                result.append(PhiSpan(start, piece[-1].end(), span.entity_type, span.score))
+            piece = []
+    return result
 
 
 def worth_propagating(word: str, vocabulary: frozenset[str]) -> bool:
@@ -264,7 +303,7 @@ def propagate(text: str, spans: list[PhiSpan], min_score: float = 0.0,
 
 def finish_spans(text: str, spans: list[PhiSpan], propagate_score: float, vocabulary: frozenset[str]) -> list[PhiSpan]:
     """What the detector makes of raw hits: merged, trimmed at the edges, and propagated through the note."""
-    return propagate(text, merge_overlaps(trim_edges(text, spans, vocabulary)), propagate_score, vocabulary)
+    return propagate(text, split_dates(text, merge_overlaps(trim_edges(text, spans, vocabulary))), propagate_score, vocabulary)
 
 
 def chunk_text(text: str, size: int, overlap: int = 200) -> list[tuple[int, str]]:

@@ -9,6 +9,8 @@ a stop list, which keeps "Dr. Cook in two weeks" from swallowing "in".
 from __future__ import annotations
 
 import re
+import string
+from functools import cache
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 from wordfreq import zipf_frequency
@@ -72,7 +74,32 @@ def could_be_name(token: str) -> bool:
     if len(bare) == 1:
         return token.endswith(".")
     first_names, last_names = person_names()
-    return bare in first_names or bare in last_names or zipf_frequency(bare, "en") < COMMON_WORD_ZIPF
+    if bare in first_names or bare in last_names:
+        return True
+    return zipf_frequency(bare, "en") < COMMON_WORD_ZIPF and not is_misspelt_common_word(bare)
+
+
+# A misspelling's nearest word is at least this frequent: "notifed" -> "notified" 3.8, "Cardic" -> "cardiac" 3.8,
+# "grandaughter" -> "granddaughter" 3.6, "assymptomatic" -> "asymptomatic" 2.9.
+MISSPELT_WORD_ZIPF = 2.5
+
+
+@cache
+def is_misspelt_common_word(word: str) -> bool:
+    """An unlisted word a letter dropped, added or swapped away from an English word that is no name:
+    "tranplant", "notifed". Changed letters do not count: rare names are often a letter away from a word
+    ("Lavely", "Mackerer")."""
+    word = word.lower()
+    first_names, last_names = person_names()
+    if len(word) < 5 or word in first_names or word in last_names:
+        return False
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    edits = {a + b[1:] for a, b in splits if b}
+    edits |= {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    edits |= {a + c + b for a, b in splits for c in string.ascii_lowercase}
+    edits.discard(word)
+    return any(zipf_frequency(e, "en") >= MISSPELT_WORD_ZIPF and e not in first_names and e not in last_names
+               for e in edits)
 
 
 def could_be_first_name(token: str) -> bool:
@@ -90,10 +117,13 @@ def could_be_uncommon_name(token: str) -> bool:
 
 
 def leading_name_tokens(candidate: str, max_tokens: int = 3, accept=could_be_name) -> str:
-    """The name-like prefix of `candidate`: tokens up to the first word that `accept` refuses."""
+    """The name-like prefix of `candidate`: tokens up to the first word that `accept` refuses. An "O" or "D"
+    before a name is the first part of it with its apostrophe lost: "Dr. o rourke"."""
     kept = []
-    for token in candidate.split(" ")[:max_tokens]:
-        if not accept(token) or _case_breaks(kept, token):
+    tokens = candidate.split(" ")[:max_tokens]
+    for index, token in enumerate(tokens):
+        split_prefix = token.lower() in ("o", "d") and index + 1 < len(tokens) and accept(tokens[index + 1])
+        if not (accept(token) or split_prefix) or _case_breaks(kept, token):
             break
         kept.append(token)
     return " ".join(kept).rstrip(".") if kept else ""
@@ -215,13 +245,19 @@ FACILITY_SHORTHAND = r"hosp|rehab|campus|nursing facility|nsg home|snf|ltac"
 FACILITY_NAME_WORDS = frozenset({"st", "memorial", "general", "medical", "center", "clinic", "hospital", "community"})
 
 
+# Words that make a facility some facility rather than a named one ("leaving prior medical center").
+UNNAMED_FACILITY_WORDS = frozenset({"previous", "prior", "outside", "another", "other", "local", "nearest",
+                                    "closest", "same", "referring", "leaving", "transferring"})
+FACILITY_WORDS = frozenset(re.split(r"[| ]", FACILITY)) | {"st"}
+
+
 def trim_facility_span(text: str, start: int, end: int) -> tuple[int, int]:
     """Keep the words after the last stop word of a facility match ("admitted to the Mercy Hospital",
-    "TRANSFER TO BALTIMORE REHAB"); nothing when no name word is left ("to rehab")."""
+    "TRANSFER TO BALTIMORE REHAB"); nothing when no name word is left ("to rehab", "prior medical center")."""
     words = text[start:end].split(" ")
-    last_stop = max((i for i, w in enumerate(words[:-1]) if w.strip(".").lower() in STOP_WORDS - FACILITY_NAME_WORDS),
-                    default=-1)
-    if last_stop == len(words) - 2 and len(words) > 1:
+    ends_name = (STOP_WORDS - FACILITY_NAME_WORDS) | UNNAMED_FACILITY_WORDS
+    last_stop = max((i for i, w in enumerate(words[:-1]) if w.strip(".").lower() in ends_name), default=-1)
+    if all(w.strip(".").lower() in FACILITY_WORDS for w in words[last_stop + 1 :]):
         return start, start
     return start + sum(len(w) + 1 for w in words[: last_stop + 1]), end
 
@@ -242,15 +278,29 @@ def trim_named_facility(text: str, start: int, end: int) -> tuple[int, int]:
     return start, end if words[-1].lower() == "rehab" else start + len(" ".join(words[:-1]))
 
 
+def not_a_lab_value(text: str, start: int, end: int) -> tuple[int, int]:
+    """Nothing when the "identifier" starts with clinical shorthand: "ID: TMAX-99" is the infectious-disease line."""
+    letters = re.match(r"[A-Za-z]*", text[start:end]).group().lower()
+    return (start, start) if letters in CLINICAL_SHORTHAND else (start, end)
+
+
 def saint_name(text: str, start: int, end: int) -> tuple[int, int]:
     saint = re.split(r"[ .']+", text[start:end])[1].lower()
     return (start, end) if saint in person_names()[0] else (start, start)
 
 
+# Street suffixes that are also clinical shorthand ("16 u lente SQ", "HCT 25 stable CT", "3 WAY FOLEY").
+AMBIGUOUS_STREET_SUFFIXES = frozenset({"st", "dr", "ct", "sq", "pl", "way", "row", "loop", "ter", "cir"})
+
+
 def street_name_words(text: str, start: int, end: int) -> tuple[int, int]:
-    """An address only when the words between number and suffix are content words: not "3 WAY FOLEY IN PLACE"."""
-    words = text[start:end].split()[1:-1]
-    if any(not is_content_word(w) or w.lower() in CLINICAL_SHORTHAND for w in words):
+    """An address only when the words between number and suffix are content words of two letters or more, and
+    capitalised before an ambiguous suffix: not "3 WAY FOLEY IN PLACE", "16 u lente SQ", "25 stable CT"."""
+    words = text[start:end].split()
+    suffix, words = words[-1].strip(".").lower(), words[1:-1]
+    if any(len(w) < 2 or not is_content_word(w) or w.lower() in CLINICAL_SHORTHAND for w in words):
+        return start, start
+    if suffix in AMBIGUOUS_STREET_SUFFIXES and not all(w[0].isupper() for w in words):
         return start, start
     return start, end
 
@@ -295,7 +345,7 @@ def clinical_recognizers() -> list[EntityRecognizer]:
         GroupPatternRecognizer("ID", [
             (r"\b(?:mrn|medical record(?: number| no\.?| #)?|acct|account(?: number| no\.?)?|member id|"
              r"policy(?: number| no\.?)?|subscriber id|license|licence|lic|npi|dea|serial|device id|unit no\.?|"
-             r"record(?: number| no\.?)|id)[ \t]*(?:#|no\.?|number)?[ \t]*[:#]?[ \t]*(?P<phi>(?=[A-Z\-]*\d)[A-Z0-9][A-Z0-9\-]{3,})\b", 0.85),
+             r"record(?: number| no\.?)|id)[ \t]*(?:#|no\.?|number)?[ \t]*[:#]?[ \t]*(?P<phi>(?=[A-Z\-]*\d)[A-Z0-9][A-Z0-9\-]{3,})\b", 0.85, not_a_lab_value),
             (r"(?P<phi>\b[A-Z]{1,3}-?[A-Z]?\d{5,}\b)", 0.6),
             (r"(?P<phi>\b\d{6,}\b)", 0.5),
         ], name="ClinicalIdRecognizer"),
@@ -310,6 +360,9 @@ def clinical_recognizers() -> list[EntityRecognizer]:
         GroupPatternRecognizer("LOCATION", [
             # Places named for saints: "St. Agnes", "St Mary's"; not "ST ELEVATION" (no first name).
             (r"(?<![\w.])(?P<phi>st\.?[ ]+[a-z]+(?:'s)?)\b", 0.7, saint_name),
+            # Hospitals named for a devotion, often written without "hospital": "to sacred heart", "at Holy Cross".
+            (r"\b(?P<phi>(?:sacred[ ]heart|holy[ ](?:cross|family|name|redeemer|spirit)|good[ ](?:samaritan|shepherd)|"
+             r"our[ ]lady[ ]of[ ][a-z]+)(?:[ ]memorial)?)\b", 0.7),
         ], name="SaintPlaceRecognizer"),
         GroupPatternRecognizer("HOSPITAL", [
             (rf"(?P<phi>(?:\bst\.?[ ]+)?(?:\b[A-Za-z][A-Za-z'\-]*[ ]+){{1,3}}(?:{FACILITY})\b)", 0.7, trim_facility_span),

@@ -322,14 +322,16 @@ SCORE_CONTEXT = re.compile(r"pain|c/o|#|scale|strength|rate[sd]?|discomfort|ache
 MEASURED_LABEL = re.compile(
     r"\b(?:bp|sbps?|dbp|nbp|abp|map|pa|pap|pad|cvp|pcwp|wedge|rr|hr|icp|cpp|po2|pco2|pao2|paco2|sao2|spo2|sats?|"
     r"fio2|peep|ps|vt|tv|ptt|inr|hct|hgb|wbc|plts?|k|na|cl|co2|bun|cr|fs|bs|temp|tmax|ci|co|svr|uo)[\s:=+#-]{0,3}$", re.I)
-UNIT_AFTER = re.compile(r"[ ]?(?:mg|mcg|mcq|gm?|kg|cc|ml|mmhg|cm|mm|bpm|units?|u|meq|mmol|min|mins)\b|%", re.I)
+UNITS = r"mg|mcg|mcq|gm?|kg|cc|ml|mmhg|cm|mm|bpm|units?|u|meq|mmol|min|mins"
+UNIT_AFTER = re.compile(rf"[ ]?(?:{UNITS})\b|%", re.I)
+WITH_UNIT = re.compile(rf"\d+(?:{UNITS}|l)", re.I)  # "400mg", "750cc", "10U", "2L"
 
 
 def is_measurement(text: str, start: int, end: int) -> bool:
     """Numbers that are no date: a clock time ("at 0400", "6:30"), pressures ("PA 63-70/27-30", "40/17-24"), vent
-    settings ("AC/700/12/60%"), values after a vital-sign label or before a unit ("BP 99/40", "from 9 mg"),
+    settings ("AC/700/12/60%"), values after a vital-sign label or with a unit ("BP 99/40", "from 9 mg", "400mg"),
     and pain or strength scores ("c/o 5/10", "pain 3-4/10", "4/5 strength")."""
-    if CLOCK_TIME.fullmatch(text[start:end]):
+    if CLOCK_TIME.fullmatch(text[start:end]) or WITH_UNIT.fullmatch(text[start:end]):
         return True
     chunk = _chunk(text, start, end).lstrip("#")
     if not chunk[:1].isdigit() and not chunk[:1].isalpha():
