@@ -8,7 +8,8 @@ from prefect.artifacts import create_table_artifact
 from flows.finetune import ADAPTERS_DIR
 from flows.stage_runtime import stage_run
 from tasks.finetune.base_model import resolve_base_model
-from tasks.register.registry import configure_tracking, register_expert
+from tasks.register.registry import register_expert
+from tasks.tracking import configure_tracking
 from tasks.stages import REPORTS_DIR
 from tasks.versioning import dvc_data_version, git_commit
 

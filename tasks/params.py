@@ -90,6 +90,10 @@ class ValidateParams(Strict):
     max_target_chars: int = 400
     min_records_per_expert: int = 4
     split: SplitFractions = SplitFractions(train=0.8, val=0.1, test=0.1)
+    near_duplicate_similarity: float = Field(0.8, gt=0, le=1)
+    max_quarantined_share: float = Field(0.2, ge=0, le=1)
+    expand_abbreviations: bool = False
+    canaries_file: str | None = None
 
 
 class LoraParams(Strict):

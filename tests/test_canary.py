@@ -32,8 +32,12 @@ def _plant(directory):
 def test_canary_reaches_no_output_log_param_or_error(tmp_path, prefect_api, caplog):
     from .conftest import make_project
 
-    project = make_project(tmp_path, overrides={"input": {"path": "data/raw/canary/notes.jsonl"}})
+    # 80 notes leave one obgyn note, under the gate's minimum per expert; this test is about PHI, not size.
+    project = make_project(tmp_path, overrides={"input": {"path": "data/raw/canary/notes.jsonl"},
+                                                "validate": {"min_records_per_expert": 1,
+                                                             "canaries_file": "data/raw/canary/canaries.txt"}})
     source = _plant(project)
+    (source.parent / "canaries.txt").write_text("\n".join(CANARIES) + "\n")
     caplog.set_level(logging.DEBUG)
     pipeline_flow(root=str(project))
 

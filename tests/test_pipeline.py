@@ -84,6 +84,24 @@ def test_validation_gate_stops_the_flow_before_training(tmp_path, prefect_api):
     from .conftest import make_project
 
     project = make_project(tmp_path, overrides={"validate": {"max_target_chars": 5}})
-    with pytest.raises(ValidationGateError, match="every row failed a row-level expectation"):
+    with pytest.raises(ValidationGateError, match=r"36 of 36 notes quarantined \(100.0%\), more than validate.max_quarantined_share"):
         pipeline_flow(root=str(project))
     assert not (project / "models" / "adapters").exists()
+
+
+def test_validate_logs_counts_and_data_docs_to_mlflow_and_prefect(finished_project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    project, first, _ = finished_project
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`medlora.stage` = 'validate'")
+    assert len(runs) == 1
+    metrics, docs = runs[0].data.metrics, runs[0].data.tags["medlora.data_docs"]
+    assert metrics["read"] == metrics["kept"] + metrics["quarantined"] > 0
+    assert metrics["kept"] == metrics["train_notes"] + metrics["val_notes"] + metrics["test_notes"]
+    assert docs.endswith("index.html") and (project / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html").exists()
+    assert any(a.path.startswith("data_docs") for a in client.list_artifacts(runs[0].info.run_id))
+    with get_client(sync_client=True) as prefect:
+        links = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validate-data-docs"])))
+    assert links and "data_docs/local_site/index.html" in links[0].data

@@ -137,6 +137,12 @@ def ingest_notes(path: Path, file_format: str, columns: ColumnMapping, expert_fo
             quarantine(number, None, "*", "not_json_object", "not a JSON object")
             continue
         record = {field: _as_text(row.get(getattr(columns, field))) if getattr(columns, field) else "" for field in FIELDS}
+        undecodable = [field for field in FIELDS if "\ufffd" in record[field]]
+        if undecodable:
+            field = undecodable[0]
+            quarantine(number, row, getattr(columns, field), "invalid_utf8",
+                       f"{field} holds bytes that are not UTF-8 (shown as U+FFFD); fix the file's encoding")
+            continue
         empty = [field for field in REQUIRED_FIELDS if not record[field]]
         if empty:
             field = empty[0]

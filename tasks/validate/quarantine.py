@@ -1,7 +1,9 @@
 """Row-level checks: rows that fail them leave the corpus for data/quarantine/ with the reason.
 
-The reason names the row, the pseudonymous note id and the failed expectation, never the value.
-The same expectations then run in the GX suite over the kept rows, as proof that they hold.
+Each check is named after the GX expectation it stands for; the same expectations then run in the
+GX suite over the kept rows, as proof that they hold. The reason names the source row, the
+pseudonymous note id and the failed expectation, never the value. A row failing several checks is
+quarantined once, for the first.
 """
 
 from __future__ import annotations
@@ -9,27 +11,42 @@ from __future__ import annotations
 import pandas as pd
 
 from tasks.params import ValidateParams
+from tasks.validate.cleanse import has_invalid_encoding
 
 QUARANTINE_COLUMNS = ["source_row", "note_id", "expectation", "reason"]
 
 
-def quarantine_failing_rows(notes: pd.DataFrame, params: ValidateParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    checks = [
-        ("text", notes["text"].str.len().between(params.min_text_chars, params.max_text_chars),
+def _row_checks(notes: pd.DataFrame, params: ValidateParams) -> list[tuple[str, pd.Series, str]]:
+    """(expectation on column, passed per row, why) in the order a failing row is reported."""
+    text_chars, target_chars = notes["text"].str.len(), notes["target"].str.len()
+    encoded = ~notes["text"].map(has_invalid_encoding) & ~notes["target"].map(has_invalid_encoding)
+    return [
+        ("expect_column_values_to_be_unique on column 'note_id'", ~notes["note_id"].duplicated(),
+         "the note id repeats an earlier row's"),
+        ("expect_column_values_to_not_match_regex[invalid_utf8] on column 'text'", encoded,
+         "the text or target held bytes that are not UTF-8"),
+        ("expect_column_value_lengths_to_be_between on column 'text'",
+         text_chars.between(params.min_text_chars, params.max_text_chars),
          f"text length outside [{params.min_text_chars}, {params.max_text_chars}]"),
-        ("target", notes["target"].str.len().between(1, params.max_target_chars),
+        ("expect_column_value_lengths_to_be_between on column 'target'", target_chars.between(1, params.max_target_chars),
          f"target length outside [1, {params.max_target_chars}]"),
+        ("expect_column_pair_values_a_to_be_greater_than_b on column 'text_chars/target_chars'", text_chars > target_chars,
+         "the target is not shorter than the note"),
     ]
-    failed_reason = pd.Series("", index=notes.index)
-    for column, passed, reason in checks:
-        message = f"expect_column_value_lengths_to_be_between on column {column!r}: {reason}"
-        failed_reason = failed_reason.where(passed | (failed_reason != ""), message)
-    failing = failed_reason != ""
+
+
+def quarantine_failing_rows(notes: pd.DataFrame, params: ValidateParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    expectation = pd.Series("", index=notes.index)
+    why = pd.Series("", index=notes.index)
+    for name, passed, reason in _row_checks(notes, params):
+        newly_failed = ~passed & (expectation == "")
+        expectation[newly_failed], why[newly_failed] = name, reason
+    failing = expectation != ""
+    rows, ids = notes.loc[failing, "source_row"], notes.loc[failing, "note_id"]
     quarantined = pd.DataFrame({
-        "source_row": notes.loc[failing, "source_row"],
-        "note_id": notes.loc[failing, "note_id"],
-        "expectation": failed_reason[failing].str.split(":").str[0],
-        "reason": [f"row {r} (note {n}): {m}" for r, n, m in
-                   zip(notes.loc[failing, "source_row"], notes.loc[failing, "note_id"], failed_reason[failing])],
+        "source_row": rows,
+        "note_id": ids,
+        "expectation": expectation[failing],
+        "reason": [f"row {r} (note {n}): {e}: {w}" for r, n, e, w in zip(rows, ids, expectation[failing], why[failing])],
     }, columns=QUARANTINE_COLUMNS)
     return notes[~failing].reset_index(drop=True), quarantined.reset_index(drop=True)

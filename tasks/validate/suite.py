@@ -1,14 +1,18 @@
-"""The Great Expectations suite over the de-identified notes, run in a file context under gx/.
+"""The Great Expectations suites over the de-identified notes, run in a file context under gx/.
 
-Every expectation runs with result_format BOOLEAN_ONLY, so no validation result, Data Docs page
-or log line carries a note's content; rows that fail are named by position and pseudonymous id.
+Two suites: `deidentified_notes` over the notes (schema, types, lengths, unique ids, experts, target
+shorter than the note, residual PHI, canaries) and `notes_per_expert` over a table of counts
+(minimum records per expert). Every expectation runs with result_format BOOLEAN_ONLY, so no
+validation result, Data Docs page or log line carries a note's content; rows that fail are named by
+position and pseudonymous id. Canary strings are searched in Python and only the outcome, a boolean
+column, reaches GX: the strings themselves never appear in a suite or on a Data Docs page.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +22,10 @@ from tasks.validate.residual_phi import RESIDUAL_PHI_PATTERNS
 
 log = logging.getLogger(__name__)
 
-SUITE_NAME = "deidentified_notes"
+NOTES_SUITE = "deidentified_notes"
+COUNTS_SUITE = "notes_per_expert"
 REQUIRED_COLUMNS = ["note_id", "patient_id", "text", "target", "specialty", "expert"]
+DATA_DOCS_INDEX = Path("uncommitted/data_docs/local_site/index.html")
 
 
 class ValidationGateError(RuntimeError):
@@ -31,49 +37,86 @@ class GateOutcome:
     success: bool
     evaluated: int
     failed: list[str]
+    data_docs: Path | None = None
+    failed_rows: dict[str, list[int]] = field(default_factory=dict)
 
 
-def build_expectations(params: ValidateParams, experts: list[str]) -> list:
+def gate_columns(notes: pd.DataFrame, canaries: list[str]) -> pd.DataFrame:
+    """The notes with the derived columns the suites check: lengths and whether a canary is present."""
+    lowered = [c.lower() for c in canaries if c]
+    return notes.assign(
+        text_chars=notes["text"].str.len(),
+        target_chars=notes["target"].str.len(),
+        has_canary=[any(c in f"{t}\n{g}".lower() for c in lowered) for t, g in zip(notes["text"], notes["target"])],
+    )
+
+
+def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
     import great_expectations as gx
 
-    expectations = [gx.expectations.ExpectColumnToExist(column=c) for c in REQUIRED_COLUMNS]
+    e = gx.expectations
+    expectations = [e.ExpectColumnToExist(column=c) for c in REQUIRED_COLUMNS]
+    expectations += [e.ExpectColumnValuesToBeOfType(column=c, type_="str") for c in ("note_id", "patient_id", "text", "target")]
     expectations += [
-        gx.expectations.ExpectColumnValuesToBeUnique(column="note_id"),
-        gx.expectations.ExpectColumnValuesToNotBeNull(column="text"),
-        gx.expectations.ExpectColumnValueLengthsToBeBetween(
-            column="text", min_value=params.min_text_chars, max_value=params.max_text_chars
-        ),
-        gx.expectations.ExpectColumnValueLengthsToBeBetween(column="target", min_value=1, max_value=params.max_target_chars),
-        gx.expectations.ExpectColumnValuesToBeInSet(column="expert", value_set=experts),
+        e.ExpectColumnValuesToBeUnique(column="note_id"),
+        e.ExpectColumnValuesToNotBeNull(column="text"),
+        e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=params.min_text_chars, max_value=params.max_text_chars),
+        e.ExpectColumnValueLengthsToBeBetween(column="target", min_value=1, max_value=params.max_target_chars),
+        e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="text_chars", column_B="target_chars"),
+        e.ExpectColumnValuesToBeInSet(column="expert", value_set=experts),
+        e.ExpectColumnValuesToBeInSet(column="has_canary", value_set=[False], meta={"residual_phi": "canary"}),
     ]
     for name, pattern in RESIDUAL_PHI_PATTERNS.items():
         for column in ("text", "target"):
-            expectations.append(gx.expectations.ExpectColumnValuesToNotMatchRegex(
-                column=column, regex=pattern, meta={"residual_phi": name}
-            ))
+            expectations.append(e.ExpectColumnValuesToNotMatchRegex(column=column, regex=pattern, meta={"residual_phi": name}))
     return expectations
 
 
-def run_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], gx_dir: Path) -> GateOutcome:
+def counts_expectations(params: ValidateParams, experts: list[str]) -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [e.ExpectColumnValuesToBeBetween(column="notes", min_value=params.min_records_per_expert),
+            e.ExpectTableRowCountToEqual(value=len(experts))]
+
+
+def _validate(context, name: str, frame: pd.DataFrame, expectations: list) -> list:
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    source = context.data_sources.add_or_update_pandas("medlora")
+    asset = next((a for a in source.assets if a.name == name), None) or source.add_dataframe_asset(name)
+    batch_definition = next((b for b in asset.batch_definitions if b.name == "all"), None) or (
+        asset.add_batch_definition_whole_dataframe("all"))
+    for store, key in ((context.checkpoints, name), (context.validation_definitions, name), (context.suites, name)):
+        try:
+            store.delete(key)
+        except Exception:  # first run: nothing to delete
+            pass
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=name, validation_definitions=[definition], result_format="BOOLEAN_ONLY",
+        actions=[UpdateDataDocsAction(name="data_docs")]))
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    return [r for run in result.run_results.values() for r in run.results]
+
+
+def run_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], gx_dir: Path,
+              canaries: list[str] = ()) -> GateOutcome:
     import great_expectations as gx
 
     context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
-    source = context.data_sources.add_or_update_pandas("medlora")
-    asset = next((a for a in source.assets if a.name == "notes"), None) or source.add_dataframe_asset("notes")
-    batch_definition = next((b for b in asset.batch_definitions if b.name == "all"), None) or (
-        asset.add_batch_definition_whole_dataframe("all")
-    )
-    try:
-        context.suites.delete(SUITE_NAME)
-    except Exception:  # first run: nothing to delete
-        pass
-    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME, expectations=build_expectations(params, experts)))
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": notes})
-    result = batch.validate(suite, result_format="BOOLEAN_ONLY")
-    failed = [
-        _describe(r.expectation_config) for r in result.results if not r.success
-    ]
-    return GateOutcome(success=result.success, evaluated=len(result.results), failed=failed)
+    counts = pd.DataFrame({"expert": experts, "notes": [int((notes["expert"] == x).sum()) for x in experts]})
+    results = (_validate(context, NOTES_SUITE, gate_columns(notes, list(canaries)), notes_expectations(params, experts))
+               + _validate(context, COUNTS_SUITE, counts, counts_expectations(params, experts)))
+    failed = [_describe(r.expectation_config) for r in results if not r.success]
+    too_few = {x: n for x, n in zip(counts["expert"], counts["notes"]) if n < params.min_records_per_expert}
+    failed += [f"expert {x!r} has {n} notes, fewer than validate.min_records_per_expert" for x, n in too_few.items()]
+    docs = gx_dir / DATA_DOCS_INDEX
+    return GateOutcome(success=not failed, evaluated=len(results), failed=failed,
+                       data_docs=docs if docs.exists() else None,
+                       failed_rows=rows_with_residual_phi(notes, list(canaries)))
 
 
 def _describe(config) -> str:
@@ -81,27 +124,32 @@ def _describe(config) -> str:
     label = config.type
     if config.meta and "residual_phi" in config.meta:
         label += f"[{config.meta['residual_phi']}]"
-    return f"{label} on column {kwargs.get('column', '*')!r}"
+    column = kwargs.get("column") or "/".join(filter(None, (kwargs.get("column_A"), kwargs.get("column_B")))) or "*"
+    return f"{label} on column {column!r}"
 
 
-def rows_with_residual_phi(notes: pd.DataFrame) -> dict[str, list[int]]:
-    """Row positions that match each residual-PHI pattern (positions only, never the match)."""
+def rows_with_residual_phi(notes: pd.DataFrame, canaries: list[str] = ()) -> dict[str, list[int]]:
+    """Row positions that match each residual-PHI pattern or hold a canary (positions only, never the match)."""
+    checks = {name: re.compile(pattern) for name, pattern in RESIDUAL_PHI_PATTERNS.items()}
+    lowered = [c.lower() for c in canaries if c]
     found: dict[str, list[int]] = {}
-    for name, pattern in RESIDUAL_PHI_PATTERNS.items():
-        compiled = re.compile(pattern)
-        rows = [i for i, (text, target) in enumerate(zip(notes["text"], notes["target"]))
-                if compiled.search(text) or compiled.search(target)]
-        if rows:
-            found[name] = rows
+    for position, (text, target) in enumerate(zip(notes["text"], notes["target"])):
+        for name, compiled in checks.items():
+            if compiled.search(text) or compiled.search(target):
+                found.setdefault(name, []).append(position)
+        if any(c in f"{text}\n{target}".lower() for c in lowered):
+            found.setdefault("canary", []).append(position)
     return found
 
 
 def gate_failure_message(outcome: GateOutcome, notes: pd.DataFrame, source: str) -> str:
     lines = [f"validation gate failed on {source}: {len(outcome.failed)} of {outcome.evaluated} expectations"]
     lines += [f"  - {failure}" for failure in outcome.failed]
-    for name, rows in rows_with_residual_phi(notes).items():
+    for name, rows in outcome.failed_rows.items():
         ids = ", ".join(f"row {r} (note {notes['note_id'].iloc[r]})" for r in rows[:10])
         more = f" and {len(rows) - 10} more" if len(rows) > 10 else ""
         lines.append(f"  residual PHI [{name}] in {ids}{more}")
+    if outcome.data_docs:
+        lines.append(f"Data Docs: {outcome.data_docs}")
     lines.append("Fix the de-identification (or the input) and re-run; no training ran on this data.")
     return "\n".join(lines)
