@@ -6,8 +6,10 @@ from prefect import flow, get_run_logger, task
 
 from flows.stage_runtime import stage_run
 from tasks.ingest.read_notes import ingest_notes
+from tasks.validate.suite import ValidationGateError, run_raw_suite
 
 INGESTED_DIR = Path("data/raw/ingested")
+GX_DIR = Path("gx")
 
 
 @task(persist_result=False)
@@ -17,6 +19,11 @@ def ingest(root: Path, params) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     result.kept.to_parquet(out / "notes.parquet", index=False)
     result.quarantined.to_parquet(out / "quarantine.parquet", index=False)
+    if len(result.kept):
+        outcome = run_raw_suite(result.kept, sorted(params.expert_for_specialty()), root / GX_DIR)
+        if not outcome.success:
+            raise ValidationGateError(f"{params.input.path}: the ingested notes fail the raw-input suite: "
+                                      + "; ".join(outcome.failed))
     return {**result.counts, **{f"quarantined_{k}": v for k, v in result.reasons().items()}}
 
 

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from flows.deidentify import DEID_DIR
+from flows.ingest import GX_DIR
 from flows.stage_runtime import stage_run
 from tasks.tracking import configure_tracking
 from tasks.validate.gate import GateResult, read_canaries, run_gate
@@ -19,7 +20,6 @@ from tasks.validate.suite import ValidationGateError
 
 VALIDATED_DIR = Path("data/validated")
 QUARANTINE_DIR = Path("data/quarantine")
-GX_DIR = Path("gx")
 
 
 def log_gate_run(root: Path, params, result: GateResult) -> str:

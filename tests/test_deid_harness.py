@@ -106,12 +106,13 @@ def test_clinical_context_rules_find_nursing_note_phi():
     text = ("PMH: CABG '92. SON BROUGHT HIM TO UNION HOSP. COPING-SISTER ,JANET HAS PHONED. "
             "Seen by Mary Jones, NP. stated march 21, 1899. MRN: 12345678. CVA 2004, MI 1992. TR, Z. MILLER AWARE. "
             "Accepted by St. Agnes. Nursing Progress Note 28 Oct, 88. in sept. and d/c'd. DISCHARGE TO BALTIMORE REHAB. "
-            "L LUNG RESECTION 62'. SPOKE WITH HO SCHWARZ. per hospital policy #rg17. Seen by Dr. Lavely. 12 Elm St. Dr. o rourke here. bed at Holy Cross.")
+            "L LUNG RESECTION 62'. SPOKE WITH HO SCHWARZ. per hospital policy #rg17. Seen by Dr. Lavely. 12 Elm St. Dr. o rourke here. bed at Holy Cross. works at harford memorial.")
     assert {("LOCATION", "UNION"), ("PERSON", "JANET"), ("PERSON", "Mary Jones"), ("DATE", "'92"),
             ("DATE", "march 21, 1899"), ("ID", "12345678"), ("DATE", "2004"), ("DATE", "1992"), ("PERSON", "Z. MILLER"),
             ("LOCATION", "St. Agnes"), ("DATE", "28 Oct, 88"), ("DATE", "sept."), ("LOCATION", "BALTIMORE REHAB"),
             ("DATE", "62"), ("PERSON", "SCHWARZ"), ("ID", "rg17"), ("PERSON", "Lavely"), ("LOCATION", "12 Elm St."),
-            ("PERSON", "o rourke"), ("LOCATION", "Holy Cross")
+            ("PERSON", "o rourke"), ("LOCATION", "Holy Cross"),
+            ("LOCATION", "harford memorial")
             } <= _sure_hits(text)
 
 
@@ -149,7 +150,7 @@ def test_measurements_get_no_phi_probability_and_glued_dates_stay_dates():
     from tasks.deidentify.token_model import OUTSIDE, _date_like, phi_probability
 
     text = ("c/o pain #9/10. PA 63-70/27-30, at 6:30 and at 0400 hct sent. BP 99/40, lasix up from 9 mg. BC FROM 9/2 GM + "
-            "given 400mg")
+            "given 400mg, on AC 700/10/40%, BIPAP 10/5")
     tokens = [m.span() for m in TOKEN.finditer(text)]
     phi = phi_probability(text, tokens, np.tile([0.5, 0.5], (len(tokens), 1)), [OUTSIDE, "DATE"].index(OUTSIDE))
     date_at = text.index("9/2")
@@ -230,12 +231,12 @@ def default_params(tmp_path_factory):
 
 
 def test_held_out_physionet_recall_and_presidio_f2(default_params):
-    """Regression guard on the figures in the README (PhysioNet recall 0.968 and precision 0.741 fall just short of
-    0.97 and 0.75; retraining moves each by about 0.005)."""
+    """Regression guard on the figures in the README (PhysioNet recall 0.968, one token short of 0.97, precision
+    0.766; retraining moves each by about 0.005)."""
     from tasks.deidentify.harness import evaluate_corpus
 
     physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", default_params, PROJECT, workers=2, progress=False)
-    assert physionet["notes"] < 973 and physionet["recall"] >= 0.96 and physionet["precision"] >= 0.72
+    assert physionet["notes"] < 973 and physionet["recall"] >= 0.96 and physionet["precision"] >= 0.74
     synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", default_params, PROJECT,
                             workers=2, progress=False)
     assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.85

@@ -161,3 +161,27 @@ def test_mtsamples_duplicates_across_specialties_are_reported_and_kept_in_one_sp
     assert result.counts["duplicate_clusters_across_specialties"] > 1000
     assert all(values_crossing_splits(result.splits, column) == set() for column in GROUPED_BY)
     assert result.counts["read"] == result.counts["kept"] + result.counts["quarantined"]
+
+
+def test_raw_input_suite_checks_the_ingest_contract(tmp_path):
+    from tasks.validate.suite import run_raw_suite
+
+    notes = corpus([NOTE + str(i) for i in range(4)])
+    assert run_raw_suite(notes, ["urology"], tmp_path / "gx").success
+    notes.loc[3, "note_id"] = "n0"
+    outcome = run_raw_suite(notes, ["cardiology"], tmp_path / "gx")
+    assert outcome.failed == ["expect_column_values_to_be_unique on column 'note_id'",
+                              "expect_column_values_to_be_in_set on column 'specialty_key'"]
+
+
+def test_the_split_suite_catches_a_leaking_split(tmp_path):
+    from tasks.validate.suite import run_split_suite
+
+    def part(patients, clusters):
+        return pd.DataFrame({"patient_id": patients, "duplicate_cluster": clusters})
+
+    sound = {"train": part(["p1", "p2"], [1, 2]), "val": part(["p3"], [3]), "test": part(["p4"], [4])}
+    assert run_split_suite(sound, GROUPED_BY, tmp_path / "gx").success
+    leaky = {"train": part(["p1", "p2"], [1, 2]), "val": part(["p3"], [2]), "test": part(["p4"], [4])}
+    assert run_split_suite(leaky, GROUPED_BY, tmp_path / "gx").failed == [
+        "expect_column_values_to_be_between on column 'splits'"]

@@ -238,7 +238,7 @@ STREET_SUFFIX = (
 FACILITY = r"hospital|medical center|health center|medical centre|clinic|infirmary|health system|healthcare|nursing home|rehabilitation center|hospice"
 # Nursing shorthand for a named facility ("UNION HOSP", "kernan hosp", "BALTIMORE REHAB", "mazur campus"):
 # sure when the words before it are not generic ("outside hosp", "acute rehab").
-FACILITY_SHORTHAND = r"hosp|rehab|campus|nursing facility|nsg home|snf|ltac"
+FACILITY_SHORTHAND = r"hosp|rehab|campus|memorial|nursing facility|nsg home|snf|ltac"
 
 
 # Stop words that belong to facility names ("St. Mary's", "Dixon Memorial Hospital").
@@ -270,12 +270,13 @@ GENERIC_FACILITY_WORDS = frozenset("""acute outside cardiac pulmonary physical i
 
 def trim_named_facility(text: str, start: int, end: int) -> tuple[int, int]:
     """The name before a facility shorthand ("UNION" of "UNION HOSP"); empty when its words are generic.
-    "Rehab" stays: "Baltimore Rehab" is the place's name, where "UNION HOSP" abbreviates a kind of place."""
+    "Rehab" and "Memorial" stay: "Baltimore Rehab" and "Harford Memorial" are the places' names, where
+    "UNION HOSP" abbreviates a kind of place."""
     start, end = trim_facility_span(text, start, end)
     words = text[start:end].split(" ")
     if len(words) < 2 or any(w.lower() in GENERIC_FACILITY_WORDS for w in words[:-1]):
         return start, start
-    return start, end if words[-1].lower() == "rehab" else start + len(" ".join(words[:-1]))
+    return start, end if words[-1].lower() in ("rehab", "memorial") else start + len(" ".join(words[:-1]))
 
 
 def not_a_lab_value(text: str, start: int, end: int) -> tuple[int, int]:

@@ -318,10 +318,12 @@ CLOCK_TIME = re.compile(r"(?:0\d|1[0-8]|2[1-3])[0-5]\d")
 COLON_TIME = re.compile(r"\d{1,2}:\d{2}(?:am|pm|a|p)?", re.I)
 SCORE_CHUNK = re.compile(r"\d{1,2}(?:-\d{1,2})?/(?:10|5|4)")
 SCORE_CONTEXT = re.compile(r"pain|c/o|#|scale|strength|rate[sd]?|discomfort|ache|\bha\b|motor|grip", re.I)
-# A value right after a vital-sign or lab label ("BP 99/40", "CVP 9-14", "pco2 38"), or before a unit.
+# A value right after a vital-sign, lab or ventilator label ("BP 99/40", "CVP 9-14", "pco2 38", "BIPAP 10/5"),
+# or before a unit.
 MEASURED_LABEL = re.compile(
     r"\b(?:bp|sbps?|dbp|nbp|abp|map|pa|pap|pad|cvp|pcwp|wedge|rr|hr|icp|cpp|po2|pco2|pao2|paco2|sao2|spo2|sats?|"
-    r"fio2|peep|ps|vt|tv|ptt|inr|hct|hgb|wbc|plts?|k|na|cl|co2|bun|cr|fs|bs|temp|tmax|ci|co|svr|uo)[\s:=+#-]{0,3}$", re.I)
+    r"fio2|peep|ps|vt|tv|ptt|inr|hct|hgb|wbc|plts?|k|na|cl|co2|bun|cr|fs|bs|temp|tmax|ci|co|svr|uo|"
+    r"cpap|bipap|psv|ipap|epap|simv|imv|prvc|a/c|ac|vent|settings|flowby|ps[ ]of)[\s:=+#-]{0,3}$", re.I)
 UNITS = r"mg|mcg|mcq|gm?|kg|cc|ml|mmhg|cm|mm|bpm|units?|u|meq|mmol|min|mins"
 UNIT_AFTER = re.compile(rf"[ ]?(?:{UNITS})\b|%", re.I)
 WITH_UNIT = re.compile(rf"\d+(?:{UNITS}|l)", re.I)  # "400mg", "750cc", "10U", "2L"
@@ -329,14 +331,14 @@ WITH_UNIT = re.compile(rf"\d+(?:{UNITS}|l)", re.I)  # "400mg", "750cc", "10U", "
 
 def is_measurement(text: str, start: int, end: int) -> bool:
     """Numbers that are no date: a clock time ("at 0400", "6:30"), pressures ("PA 63-70/27-30", "40/17-24"), vent
-    settings ("AC/700/12/60%"), values after a vital-sign label or with a unit ("BP 99/40", "from 9 mg", "400mg"),
+    settings ("AC/700/12/60%", "700/10/40%"), values after a vital-sign label or with a unit ("BP 99/40", "from 9 mg", "400mg"),
     and pain or strength scores ("c/o 5/10", "pain 3-4/10", "4/5 strength")."""
     if CLOCK_TIME.fullmatch(text[start:end]) or WITH_UNIT.fullmatch(text[start:end]):
         return True
     chunk = _chunk(text, start, end).lstrip("#")
     if not chunk[:1].isdigit() and not chunk[:1].isalpha():
         return False
-    if COLON_TIME.fullmatch(chunk) or chunk.count("/") >= 3:
+    if COLON_TIME.fullmatch(chunk) or chunk.count("/") >= 3 or "/" in chunk and "%" in chunk:
         return True
     # "9/30-", "3/16->", "9/7-INITIAL": a date and an arrow or a word, not a range of pressures
     pieces = [piece for piece in re.split(r"[\-<>]+", chunk) if re.fullmatch(r"[\d/]+", piece)]

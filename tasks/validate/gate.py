@@ -17,7 +17,7 @@ from tasks.validate.cleanse import cleanse_text
 from tasks.validate.duplicates import duplicate_clusters
 from tasks.validate.quarantine import quarantine_failing_rows
 from tasks.validate.split import GROUPED_BY, split_grouped, values_crossing_splits
-from tasks.validate.suite import GateOutcome, ValidationGateError, gate_failure_message, run_suite
+from tasks.validate.suite import GateOutcome, ValidationGateError, gate_failure_message, run_split_suite, run_suite
 
 
 @dataclass
@@ -68,7 +68,7 @@ def run_gate(read: pd.DataFrame, params: ValidateParams, experts: list[str], gx_
         return result
     result.splits = split_grouped(notes, params.split, seed)
     leaking = {column: values_crossing_splits(result.splits, column) for column in GROUPED_BY}
-    if any(leaking.values()):
+    if any(leaking.values()) or not run_split_suite(result.splits, GROUPED_BY, gx_dir).success:
         raise ValidationGateError(f"the split is broken: {', '.join(f'{len(v)} {k}' for k, v in leaking.items())} "
                                   "values fall in more than one split")
     result.counts |= {f"{name}_notes": len(frame) for name, frame in result.splits.items()}

@@ -1,8 +1,10 @@
-"""The Great Expectations suites over the de-identified notes, run in a file context under gx/.
+"""The Great Expectations suites, run in a file context under gx/.
 
-Two suites: `deidentified_notes` over the notes (schema, types, lengths, unique ids, experts, target
+`raw_notes` checks the ingest contract on the kept raw notes. Over the de-identified notes, two
+suites: `deidentified_notes` over the notes (schema, types, lengths, unique ids, experts, target
 shorter than the note, residual PHI, canaries) and `notes_per_expert` over a table of counts
-(minimum records per expert). Every expectation runs with result_format BOOLEAN_ONLY, so no
+(minimum records per expert); after the split, `split_leakage` proves that no patient and no duplicate
+cluster lies in two splits. Every expectation runs with result_format BOOLEAN_ONLY, so no
 validation result, Data Docs page or log line carries a note's content; rows that fail are named by
 position and pseudonymous id. Canary strings are searched in Python and only the outcome, a boolean
 column, reaches GX: the strings themselves never appear in a suite or on a Data Docs page.
@@ -22,7 +24,9 @@ from tasks.validate.residual_phi import RESIDUAL_PHI_PATTERNS
 
 log = logging.getLogger(__name__)
 
+RAW_SUITE = "raw_notes"
 NOTES_SUITE = "deidentified_notes"
+SPLIT_SUITE = "split_leakage"
 COUNTS_SUITE = "notes_per_expert"
 REQUIRED_COLUMNS = ["note_id", "patient_id", "text", "target", "specialty", "expert"]
 DATA_DOCS_INDEX = Path("uncommitted/data_docs/local_site/index.html")
@@ -70,6 +74,47 @@ def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
         for column in ("text", "target"):
             expectations.append(e.ExpectColumnValuesToNotMatchRegex(column=column, regex=pattern, meta={"residual_phi": name}))
     return expectations
+
+
+def raw_expectations(specialties: list[str]) -> list:
+    """The ingest contract, checked on the kept raw notes (in the PHI zone; results are booleans only)."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    return [
+        *[e.ExpectColumnToExist(column=c) for c in ("note_id", "patient_id", "text", "specialty", "target", "expert")],
+        *[e.ExpectColumnValuesToBeOfType(column=c, type_="str") for c in ("note_id", "patient_id", "text", "target")],
+        e.ExpectColumnValuesToBeUnique(column="note_id"),
+        *[e.ExpectColumnValueLengthsToBeBetween(column=c, min_value=1) for c in ("note_id", "text", "target")],
+        e.ExpectColumnValuesToBeInSet(column="specialty_key", value_set=specialties),
+    ]
+
+
+def run_raw_suite(notes: pd.DataFrame, specialties: list[str], gx_dir: Path) -> GateOutcome:
+    import great_expectations as gx
+
+    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
+    frame = notes.assign(specialty_key=notes["specialty"].str.strip().str.lower())
+    results = _validate(context, RAW_SUITE, frame, raw_expectations(specialties))
+    failed = [_describe(r.expectation_config) for r in results if not r.success]
+    docs = gx_dir / DATA_DOCS_INDEX
+    return GateOutcome(success=not failed, evaluated=len(results), failed=failed, data_docs=docs if docs.exists() else None)
+
+
+def run_split_suite(splits: dict[str, pd.DataFrame], grouped_by: tuple[str, ...], gx_dir: Path) -> GateOutcome:
+    """Proof that no patient and no duplicate cluster crosses splits: one row per value, its number of splits."""
+    import great_expectations as gx
+
+    assigned = pd.concat([frame[list(grouped_by)].assign(split=name) for name, frame in splits.items()])
+    frame = pd.concat([assigned.groupby(column)["split"].nunique().rename("splits").reset_index(drop=True).to_frame()
+                       .assign(grouped_by=column) for column in grouped_by], ignore_index=True)
+    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
+    results = _validate(context, SPLIT_SUITE, frame, [
+        gx.expectations.ExpectColumnValuesToBeBetween(column="splits", min_value=1, max_value=1),
+        gx.expectations.ExpectColumnValuesToBeInSet(column="grouped_by", value_set=list(grouped_by)),
+    ])
+    failed = [_describe(r.expectation_config) for r in results if not r.success]
+    return GateOutcome(success=not failed, evaluated=len(results), failed=failed)
 
 
 def counts_expectations(params: ValidateParams, experts: list[str]) -> list:
