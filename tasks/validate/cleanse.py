@@ -22,7 +22,7 @@ SECTION_HEADERS = {
     "past medical history": ("pmh", "pmhx", "past medical history", "medical history"),
     "past surgical history": ("psh", "past surgical history", "surgical history"),
     "medications": ("meds", "medications", "current medications", "medications on admission"),
-    "allergies": ("all", "allergies", "drug allergies"),
+    "allergies": ("allergies", "drug allergies"),
     "social history": ("sh", "social history", "social"),
     "family history": ("fh", "family history"),
     "review of systems": ("ros", "review of systems"),

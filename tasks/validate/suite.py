@@ -12,7 +12,6 @@ column, reaches GX: the strings themselves never appear in a suite or on a Data 
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,6 @@ import pandas as pd
 
 from tasks.params import ValidateParams
 from tasks.validate.residual_phi import RESIDUAL_PHI_PATTERNS
-
-log = logging.getLogger(__name__)
 
 RAW_SUITE = "raw_notes"
 NOTES_SUITE = "deidentified_notes"
@@ -45,14 +42,16 @@ class GateOutcome:
     failed_rows: dict[str, list[int]] = field(default_factory=dict)
 
 
+def holds_canary(notes: pd.DataFrame, canaries: list[str]) -> list[bool]:
+    """Per row, whether its text or target contains a canary string (case ignored)."""
+    lowered = [c.lower() for c in canaries if c]
+    return [any(c in f"{t}\n{g}".lower() for c in lowered) for t, g in zip(notes["text"], notes["target"])]
+
+
 def gate_columns(notes: pd.DataFrame, canaries: list[str]) -> pd.DataFrame:
     """The notes with the derived columns the suites check: lengths and whether a canary is present."""
-    lowered = [c.lower() for c in canaries if c]
-    return notes.assign(
-        text_chars=notes["text"].str.len(),
-        target_chars=notes["target"].str.len(),
-        has_canary=[any(c in f"{t}\n{g}".lower() for c in lowered) for t, g in zip(notes["text"], notes["target"])],
-    )
+    return notes.assign(text_chars=notes["text"].str.len(), target_chars=notes["target"].str.len(),
+                        has_canary=holds_canary(notes, canaries))
 
 
 def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
@@ -91,14 +90,8 @@ def raw_expectations(specialties: list[str]) -> list:
 
 
 def run_raw_suite(notes: pd.DataFrame, specialties: list[str], gx_dir: Path) -> GateOutcome:
-    import great_expectations as gx
-
-    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
     frame = notes.assign(specialty_key=notes["specialty"].str.strip().str.lower())
-    results = _validate(context, RAW_SUITE, frame, raw_expectations(specialties))
-    failed = [_describe(r.expectation_config) for r in results if not r.success]
-    docs = gx_dir / DATA_DOCS_INDEX
-    return GateOutcome(success=not failed, evaluated=len(results), failed=failed, data_docs=docs if docs.exists() else None)
+    return _outcome(_validate(gx_dir, RAW_SUITE, frame, raw_expectations(specialties)), gx_dir)
 
 
 def run_split_suite(splits: dict[str, pd.DataFrame], grouped_by: tuple[str, ...], gx_dir: Path) -> GateOutcome:
@@ -108,13 +101,11 @@ def run_split_suite(splits: dict[str, pd.DataFrame], grouped_by: tuple[str, ...]
     assigned = pd.concat([frame[list(grouped_by)].assign(split=name) for name, frame in splits.items()])
     frame = pd.concat([assigned.groupby(column)["split"].nunique().rename("splits").reset_index(drop=True).to_frame()
                        .assign(grouped_by=column) for column in grouped_by], ignore_index=True)
-    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
-    results = _validate(context, SPLIT_SUITE, frame, [
+    results = _validate(gx_dir, SPLIT_SUITE, frame, [
         gx.expectations.ExpectColumnValuesToBeBetween(column="splits", min_value=1, max_value=1),
         gx.expectations.ExpectColumnValuesToBeInSet(column="grouped_by", value_set=list(grouped_by)),
     ])
-    failed = [_describe(r.expectation_config) for r in results if not r.success]
-    return GateOutcome(success=not failed, evaluated=len(results), failed=failed)
+    return _outcome(results, gx_dir)
 
 
 def counts_expectations(params: ValidateParams, experts: list[str]) -> list:
@@ -125,10 +116,12 @@ def counts_expectations(params: ValidateParams, experts: list[str]) -> list:
             e.ExpectTableRowCountToEqual(value=len(experts))]
 
 
-def _validate(context, name: str, frame: pd.DataFrame, expectations: list) -> list:
+def _validate(gx_dir: Path, name: str, frame: pd.DataFrame, expectations: list) -> list:
+    """Run one suite over `frame` as a checkpoint that also rebuilds the Data Docs; its expectation results."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
+    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
     source = context.data_sources.add_or_update_pandas("medlora")
     asset = next((a for a in source.assets if a.name == name), None) or source.add_dataframe_asset(name)
     batch_definition = next((b for b in asset.batch_definitions if b.name == "all"), None) or (
@@ -147,21 +140,21 @@ def _validate(context, name: str, frame: pd.DataFrame, expectations: list) -> li
     return [r for run in result.run_results.values() for r in run.results]
 
 
-def run_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], gx_dir: Path,
-              canaries: list[str] = ()) -> GateOutcome:
-    import great_expectations as gx
-
-    context = gx.get_context(mode="file", project_root_dir=str(gx_dir.parent))
-    counts = pd.DataFrame({"expert": experts, "notes": [int((notes["expert"] == x).sum()) for x in experts]})
-    results = (_validate(context, NOTES_SUITE, gate_columns(notes, list(canaries)), notes_expectations(params, experts))
-               + _validate(context, COUNTS_SUITE, counts, counts_expectations(params, experts)))
-    failed = [_describe(r.expectation_config) for r in results if not r.success]
-    too_few = {x: n for x, n in zip(counts["expert"], counts["notes"]) if n < params.min_records_per_expert}
-    failed += [f"expert {x!r} has {n} notes, fewer than validate.min_records_per_expert" for x, n in too_few.items()]
+def _outcome(results: list, gx_dir: Path, extra_failures: list[str] = (), **details) -> GateOutcome:
+    failed = [_describe(r.expectation_config) for r in results if not r.success] + list(extra_failures)
     docs = gx_dir / DATA_DOCS_INDEX
     return GateOutcome(success=not failed, evaluated=len(results), failed=failed,
-                       data_docs=docs if docs.exists() else None,
-                       failed_rows=rows_with_residual_phi(notes, list(canaries)))
+                       data_docs=docs if docs.exists() else None, **details)
+
+
+def run_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], gx_dir: Path,
+              canaries: list[str] = ()) -> GateOutcome:
+    counts = pd.DataFrame({"expert": experts, "notes": [int((notes["expert"] == x).sum()) for x in experts]})
+    results = (_validate(gx_dir, NOTES_SUITE, gate_columns(notes, list(canaries)), notes_expectations(params, experts))
+               + _validate(gx_dir, COUNTS_SUITE, counts, counts_expectations(params, experts)))
+    too_few = [f"expert {x!r} has {n} notes, fewer than validate.min_records_per_expert"
+               for x, n in zip(counts["expert"], counts["notes"]) if n < params.min_records_per_expert]
+    return _outcome(results, gx_dir, too_few, failed_rows=rows_with_residual_phi(notes, list(canaries)))
 
 
 def _describe(config) -> str:
@@ -176,15 +169,13 @@ def _describe(config) -> str:
 def rows_with_residual_phi(notes: pd.DataFrame, canaries: list[str] = ()) -> dict[str, list[int]]:
     """Row positions that match each residual-PHI pattern or hold a canary (positions only, never the match)."""
     checks = {name: re.compile(pattern) for name, pattern in RESIDUAL_PHI_PATTERNS.items()}
-    lowered = [c.lower() for c in canaries if c]
     found: dict[str, list[int]] = {}
     for position, (text, target) in enumerate(zip(notes["text"], notes["target"])):
         for name, compiled in checks.items():
             if compiled.search(text) or compiled.search(target):
                 found.setdefault(name, []).append(position)
-        if any(c in f"{text}\n{target}".lower() for c in lowered):
-            found.setdefault("canary", []).append(position)
-    return found
+    canary_rows = [position for position, held in enumerate(holds_canary(notes, canaries)) if held]
+    return found | ({"canary": canary_rows} if canary_rows else {})
 
 
 def gate_failure_message(outcome: GateOutcome, notes: pd.DataFrame, source: str) -> str:
