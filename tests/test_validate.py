@@ -185,3 +185,14 @@ def test_the_split_suite_catches_a_leaking_split(tmp_path):
     leaky = {"train": part(["p1", "p2"], [1, 2]), "val": part(["p3"], [2]), "test": part(["p4"], [4])}
     assert run_split_suite(leaky, GROUPED_BY, tmp_path / "gx").failed == [
         "expect_column_values_to_be_between on column 'splits'"]
+
+
+def test_a_record_number_that_is_no_issued_surrogate_fails_the_gate(tmp_path):
+    notes = corpus([f"{NOTE} MRN: 4471{i}9023" for i in range(6)])
+    notes["surrogate_ids"] = [[f"4471{i}9023"] for i in range(6)]
+    assert run_suite(notes, ValidateParams(), ["renal_uro"], tmp_path / "gx").success
+    notes.loc[2, "surrogate_ids"] = []  # de-identification never replaced this one
+    outcome = run_suite(notes, ValidateParams(), ["renal_uro"], tmp_path / "gx")
+    message = gate_failure_message(outcome, notes, "data/deid/notes.parquet")
+    assert "expect_column_values_to_be_in_set[mrn] on column 'has_record_number'" in message
+    assert "residual PHI [mrn] in row 2 (note n2)" in message and "44712" not in message

@@ -424,6 +424,10 @@ def deidentify_notes(notes: pd.DataFrame, params: DeidentifyParams, key: bytes, 
             "patient_id": "p-" + pseudonym(key, "patient", patient),
             "text": replace_spans(record["text"], t_spans, replacer(patient)),
             "target": replace_spans(record["target"], g_spans, replacer(patient)),
+            # Not PHI: what the identifiers became, so the validation gate can tell a surrogate MRN from a real one.
+            "surrogate_ids": sorted({replacer(patient)(s, text[s.start : s.end]) for spans, text in
+                                     ((t_spans, record["text"]), (g_spans, record["target"])) for s in spans
+                                     if s.entity_type == "ID"}),
             "specialty": record["specialty"],
             "expert": record["expert"],
             "source_row": record["source_row"],

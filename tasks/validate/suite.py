@@ -2,7 +2,8 @@
 
 `raw_notes` checks the ingest contract on the kept raw notes. Over the de-identified notes, two
 suites: `deidentified_notes` over the notes (schema, types, lengths, unique ids, experts, target
-shorter than the note, residual PHI, canaries) and `notes_per_expert` over a table of counts
+shorter than the note, residual PHI: structured identifiers, labelled record numbers that are not our
+surrogates, canaries) and `notes_per_expert` over a table of counts
 (minimum records per expert); after the split, `split_leakage` proves that no patient and no duplicate
 cluster lies in two splits. Every expectation runs with result_format BOOLEAN_ONLY, so no
 validation result, Data Docs page or log line carries a note's content; rows that fail are named by
@@ -19,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.params import ValidateParams
-from tasks.validate.residual_phi import RESIDUAL_PHI_PATTERNS
+from tasks.validate.residual_phi import LABELLED_RECORD_NUMBER, RESIDUAL_PHI_PATTERNS
 
 RAW_SUITE = "raw_notes"
 NOTES_SUITE = "deidentified_notes"
@@ -48,10 +49,19 @@ def holds_canary(notes: pd.DataFrame, canaries: list[str]) -> list[bool]:
     return [any(c in f"{t}\n{g}".lower() for c in lowered) for t, g in zip(notes["text"], notes["target"])]
 
 
+def holds_real_record_number(notes: pd.DataFrame) -> list[bool]:
+    """Per row, whether a labelled MRN or account number in it is none of the surrogates issued for the note."""
+    pattern = re.compile(LABELLED_RECORD_NUMBER)
+    issued = notes["surrogate_ids"] if "surrogate_ids" in notes else [()] * len(notes)
+    return [any(m["id"] not in set(ids) for field in (text, target) for m in pattern.finditer(field))
+            for text, target, ids in zip(notes["text"], notes["target"], issued)]
+
+
 def gate_columns(notes: pd.DataFrame, canaries: list[str]) -> pd.DataFrame:
-    """The notes with the derived columns the suites check: lengths and whether a canary is present."""
+    """The notes with the derived columns the suites check: lengths, and whether a canary or a real record number
+    is present."""
     return notes.assign(text_chars=notes["text"].str.len(), target_chars=notes["target"].str.len(),
-                        has_canary=holds_canary(notes, canaries))
+                        has_canary=holds_canary(notes, canaries), has_record_number=holds_real_record_number(notes))
 
 
 def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
@@ -68,6 +78,7 @@ def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
         e.ExpectColumnPairValuesAToBeGreaterThanB(column_A="text_chars", column_B="target_chars"),
         e.ExpectColumnValuesToBeInSet(column="expert", value_set=experts),
         e.ExpectColumnValuesToBeInSet(column="has_canary", value_set=[False], meta={"residual_phi": "canary"}),
+        e.ExpectColumnValuesToBeInSet(column="has_record_number", value_set=[False], meta={"residual_phi": "mrn"}),
     ]
     for name, pattern in RESIDUAL_PHI_PATTERNS.items():
         for column in ("text", "target"):
@@ -174,8 +185,11 @@ def rows_with_residual_phi(notes: pd.DataFrame, canaries: list[str] = ()) -> dic
         for name, compiled in checks.items():
             if compiled.search(text) or compiled.search(target):
                 found.setdefault(name, []).append(position)
-    canary_rows = [position for position, held in enumerate(holds_canary(notes, canaries)) if held]
-    return found | ({"canary": canary_rows} if canary_rows else {})
+    for name, held in (("mrn", holds_real_record_number(notes)), ("canary", holds_canary(notes, canaries))):
+        rows = [position for position, found_here in enumerate(held) if found_here]
+        if rows:
+            found[name] = rows
+    return found
 
 
 def gate_failure_message(outcome: GateOutcome, notes: pd.DataFrame, source: str) -> str:
