@@ -410,24 +410,26 @@ def deidentify_notes(notes: pd.DataFrame, params: DeidentifyParams, key: bytes, 
         real_values[patient] |= {text[s.start : s.end] for s in t_spans} | {target[s.start : s.end] for s in g_spans}
     surrogates = {p: PatientSurrogates(key, p, params.date_shift_days, values) for p, values in real_values.items()}
 
-    def replacer(patient: str):
-        if params.replacement == "tag":
-            return lambda span, value: f"<{span.entity_type}>"
-        return lambda span, value: surrogates[patient].surrogate(span.entity_type, value)
+    def replacer(patient: str, issued_ids: set[str]):
+        """Replaces a span; what identifiers became goes to `issued_ids`."""
+        def replace(span, value):
+            new = f"<{span.entity_type}>" if params.replacement == "tag" else surrogates[patient].surrogate(span.entity_type, value)
+            if span.entity_type == "ID":
+                issued_ids.add(new)
+            return new
+        return replace
 
     rows, counts = [], Counter()
     for record, t_spans, g_spans in zip(notes.to_dict(orient="records"), text_spans, target_spans):
-        patient = record["patient_id"]
+        patient, issued_ids = record["patient_id"], set()
         counts.update(s.entity_type for s in t_spans)
         rows.append({
             "note_id": "n-" + pseudonym(key, "note", record["note_id"]),
             "patient_id": "p-" + pseudonym(key, "patient", patient),
-            "text": replace_spans(record["text"], t_spans, replacer(patient)),
-            "target": replace_spans(record["target"], g_spans, replacer(patient)),
+            "text": replace_spans(record["text"], t_spans, replacer(patient, issued_ids)),
+            "target": replace_spans(record["target"], g_spans, replacer(patient, issued_ids)),
             # Not PHI: what the identifiers became, so the validation gate can tell a surrogate MRN from a real one.
-            "surrogate_ids": sorted({replacer(patient)(s, text[s.start : s.end]) for spans, text in
-                                     ((t_spans, record["text"]), (g_spans, record["target"])) for s in spans
-                                     if s.entity_type == "ID"}),
+            "surrogate_ids": sorted(issued_ids),
             "specialty": record["specialty"],
             "expert": record["expert"],
             "source_row": record["source_row"],

@@ -160,12 +160,16 @@ def _outcome(results: list, gx_dir: Path, extra_failures: list[str] = (), **deta
 
 def run_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], gx_dir: Path,
               canaries: list[str] = ()) -> GateOutcome:
+    checked = gate_columns(notes, list(canaries))
     counts = pd.DataFrame({"expert": experts, "notes": [int((notes["expert"] == x).sum()) for x in experts]})
-    results = (_validate(gx_dir, NOTES_SUITE, gate_columns(notes, list(canaries)), notes_expectations(params, experts))
+    results = (_validate(gx_dir, NOTES_SUITE, checked, notes_expectations(params, experts))
                + _validate(gx_dir, COUNTS_SUITE, counts, counts_expectations(params, experts)))
     too_few = [f"expert {x!r} has {n} notes, fewer than validate.min_records_per_expert"
                for x, n in zip(counts["expert"], counts["notes"]) if n < params.min_records_per_expert]
-    return _outcome(results, gx_dir, too_few, failed_rows=rows_with_residual_phi(notes, list(canaries)))
+    outcome = _outcome(results, gx_dir, too_few)
+    if not outcome.success:
+        outcome.failed_rows = rows_with_residual_phi(checked)
+    return outcome
 
 
 def _describe(config) -> str:
@@ -177,16 +181,17 @@ def _describe(config) -> str:
     return f"{label} on column {column!r}"
 
 
-def rows_with_residual_phi(notes: pd.DataFrame, canaries: list[str] = ()) -> dict[str, list[int]]:
-    """Row positions that match each residual-PHI pattern or hold a canary (positions only, never the match)."""
+def rows_with_residual_phi(checked: pd.DataFrame) -> dict[str, list[int]]:
+    """Row positions of `gate_columns` output that match each residual-PHI pattern, hold a real record number or
+    a canary (positions only, never the match)."""
     checks = {name: re.compile(pattern) for name, pattern in RESIDUAL_PHI_PATTERNS.items()}
     found: dict[str, list[int]] = {}
-    for position, (text, target) in enumerate(zip(notes["text"], notes["target"])):
+    for position, (text, target) in enumerate(zip(checked["text"], checked["target"])):
         for name, compiled in checks.items():
             if compiled.search(text) or compiled.search(target):
                 found.setdefault(name, []).append(position)
-    for name, held in (("mrn", holds_real_record_number(notes)), ("canary", holds_canary(notes, canaries))):
-        rows = [position for position, found_here in enumerate(held) if found_here]
+    for name, column in (("mrn", "has_record_number"), ("canary", "has_canary")):
+        rows = [position for position, held in enumerate(checked[column]) if held]
         if rows:
             found[name] = rows
     return found
