@@ -157,6 +157,8 @@ def test_mtsamples_duplicates_across_specialties_are_reported_and_kept_in_one_sp
     notes["text"] = notes["text"].str.replace(r"\d{3}-\d{3}-\d{4}", "555-555-0100", regex=True)
     result = run_gate(notes, params, experts, tmp_path / "gx", 0, "mtsamples.csv")
     assert result.passed, result.error
+    # The figures in docs/BENCHMARKS.md (pytest -s).
+    print("MTSamples gate counts:", result.counts, result.quarantined["expectation"].value_counts().to_dict())
     # Most transcriptions are filed twice: under their specialty and under a broader one such as Surgery.
     assert result.counts["duplicate_clusters_across_specialties"] > 1000
     assert all(values_crossing_splits(result.splits, column) == set() for column in GROUPED_BY)
