@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
 
     stage.add_argument("name", choices=list(STAGE_FLOWS))
     add_deid_commands(commands)
+    predict = commands.add_parser("predict", help="batch inference with a registered expert")
+    predict.add_argument("--model", required=True,
+                         help="registered model: NAME (latest version), NAME@ALIAS, NAME/VERSION or a models:/ URI")
+    predict.add_argument("--input", required=True, type=Path, help="JSONL: id and text (a note), or id, question and context")
+    predict.add_argument("--output", required=True, type=Path, help="JSONL: each input record plus prediction (and answer)")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "deid":
         return run_deid_command(args, root)
+    if args.command == "predict":
+        return run_predict_command(args, root)
 
     from flows.pipeline import pipeline_flow, print_summary, run_stage
 
@@ -107,6 +114,34 @@ def run_deid_command(args, root: Path) -> int:
     Console().print(table, by_type)
     if args.report:
         args.report.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def run_predict_command(args, root: Path) -> int:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from rich.console import Console
+
+    from tasks.finetune.predict import model_uri, predict_file
+    from tasks.params import load_params
+    from tasks.tracking import configure_tracking
+
+    console = Console(stderr=True, soft_wrap=True)
+    configure_tracking(load_params(root), root)
+    uri = model_uri(args.model)
+    try:
+        expert = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        counts = predict_file(expert, args.input, args.output)
+    except MlflowException as error:
+        console.print(f"[red]error:[/red] cannot load {uri}: {error.message}")
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    console.print(f"{counts.read} records read, {counts.predicted} predicted, {counts.rejected} rejected; wrote {args.output}")
+    if counts.rejected:
+        console.print(f"[yellow]{counts.rejected} records were rejected: their output lines carry an 'error' field[/yellow]")
+        return 1
     return 0
 
 

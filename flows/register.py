@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 from flows.finetune import ADAPTERS_DIR
 from flows.stage_runtime import stage_run
 from tasks.finetune.base_model import resolve_base_model
+from tasks.finetune.train import TRAINING_REPORT
 from tasks.register.registry import register_expert
 from tasks.tracking import configure_tracking
 from tasks.stages import REPORTS_DIR
@@ -18,7 +19,8 @@ from tasks.versioning import dvc_data_version, git_commit
 def register(root, params, versions: dict) -> list[dict]:
     configure_tracking(params, root)
     location = resolve_base_model(params.base_model, root)
-    return [register_expert(root / ADAPTERS_DIR / expert, params, str(location), versions) for expert in params.experts]
+    trained = [expert for expert in params.trained_experts() if (root / ADAPTERS_DIR / expert / TRAINING_REPORT).exists()]
+    return [register_expert(root / ADAPTERS_DIR / expert, params, str(location), versions) for expert in trained]
 
 
 @flow(name="register", persist_result=False)

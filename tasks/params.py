@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = "params.yaml"
+MULTITASK_EXPERT = "multitask"  # one adapter trained on the notes of every specialty expert
 
 
 class Strict(BaseModel):
@@ -103,16 +104,49 @@ class LoraParams(Strict):
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+class TaskExpertParams(Strict):
+    """An expert for a task rather than a specialty; its data comes from `path`, not from the notes."""
+
+    path: str
+    format: Literal["pubmedqa"] = "pubmedqa"
+    holdout: float = Field(0.3, ge=0, lt=1)   # share kept out of training and validation, for evaluation
+    val: float = Field(0.1, ge=0, lt=1)
+    overrides: dict = {}                      # finetune settings for this expert only, e.g. {max_source_tokens: 320}
+
+
 class FinetuneParams(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    max_source_tokens: int = 160
-    max_target_tokens: int = 48
-    batch_size: int = 4
-    max_steps: int = 10
-    learning_rate: float = 3e-4
-    warmup_steps: int = 2
-    weight_decay: float = 0.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    threads: int = Field(0, ge=0)
+    max_source_tokens: int = Field(160, ge=8)
+    max_target_tokens: int = Field(48, ge=1)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_steps: int = Field(10, ge=1)
+    learning_rate: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(2, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    eval_every: int = Field(0, ge=0)
+    early_stopping_patience: int = Field(0, ge=0)
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(0, ge=0)
+    checkpoint_dir: str = "models/checkpoints"
+    generation_batch_size: int = Field(8, ge=1)
     lora: LoraParams = LoraParams()
+    multitask_expert: bool = False
+    task_experts: dict[str, TaskExpertParams] = {}
+
+    def for_expert(self, expert: str) -> FinetuneParams:
+        """These settings with the task expert's overrides applied (unknown keys are an error)."""
+        task = self.task_experts.get(expert)
+        if task is None or not task.overrides:
+            return self
+        merged = deep_merge(self.model_dump(), task.overrides)
+        try:
+            return FinetuneParams.model_validate(merged)
+        except ValidationError as error:
+            raise ValueError(f"finetune.task_experts.{expert}.overrides is not valid:\n{error}") from None
 
 
 class TrackingParams(Strict):
@@ -146,7 +180,16 @@ class Params(Strict):
                         "a specialty belongs to one expert"
                     )
                 seen[specialty] = expert
+        taken = set(self.experts) | {MULTITASK_EXPERT}
+        for name in self.finetune.task_experts:
+            if name in taken:
+                raise ValueError(f"finetune.task_experts.{name} has the name of a specialty expert or of {MULTITASK_EXPERT!r}")
         return self
+
+    def trained_experts(self) -> list[str]:
+        """Every adapter the finetune stage trains: specialty experts, the multi-task one, task experts."""
+        multitask = [MULTITASK_EXPERT] if self.finetune.multitask_expert else []
+        return [*self.experts, *multitask, *self.finetune.task_experts]
 
     def expert_for_specialty(self) -> dict[str, str]:
         return {s.strip().lower(): e for e, group in self.experts.items() for s in group}

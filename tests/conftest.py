@@ -83,3 +83,24 @@ def deid_params(tmp_path_factory):
     params = DeidentifyParams(model=DeidModelParams(path=str(path), sources=[DeidSource(format="synthetic", notes=120, seed=5)]))
     train_and_save(params, PROJECT, progress=False)
     return params
+
+
+def write_question_corpus(path: Path, count: int, seed: int = 0) -> Path:
+    """A small PubMedQA-shaped file written by our own code (the pipeline's task expert reads this format)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    drugs, outcomes = ["aspirin", "statins", "metformin", "heparin"], ["mortality", "stroke", "readmission", "pain"]
+    items = {}
+    for number in range(count):
+        drug, outcome, decision = rng.choice(drugs), rng.choice(outcomes), rng.choice(["yes", "no", "maybe"])
+        effect = {"yes": "lowered", "no": "did not change", "maybe": "may have lowered"}[decision]
+        items[str(1000 + number)] = {
+            "QUESTION": f"Does {drug} reduce {outcome}?",
+            "CONTEXTS": [f"We studied {drug} in {rng.randint(50, 900)} adults.", f"In the trial {drug} {effect} {outcome}."],
+            "final_decision": decision,
+            "LONG_ANSWER": f"{drug.capitalize()} {effect} {outcome} in adults.",
+        }
+    path.write_text(json.dumps(items))
+    return path

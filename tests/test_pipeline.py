@@ -12,12 +12,16 @@ from flows.pipeline import pipeline_flow
 from tasks.corpus.generate import read_gold_spans
 from tasks.params import load_params
 
+from .conftest import write_question_corpus
+
 
 @pytest.fixture(scope="module")
 def finished_project(tmp_path_factory, prefect_api):
     from .conftest import make_project
 
-    project = make_project(tmp_path_factory.mktemp("medlora"))
+    directory = tmp_path_factory.mktemp("medlora")
+    questions = write_question_corpus(directory / "questions.json", count=40)
+    project = make_project(directory, overrides={"finetune": {"task_experts": {"pubmedqa": {"path": str(questions)}}}})
     first = pipeline_flow(root=str(project))
     second = pipeline_flow(root=str(project))
     return project, first, second
@@ -38,7 +42,8 @@ def test_one_registered_model_per_expert_tagged_with_commit_and_data_version(fin
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     data_version = next(o["md5"] for o in lock["stages"]["validate"]["outs"] if o["path"] == "data/validated")
-    for expert in params.experts:
+    assert params.trained_experts() == [*params.experts, "multitask", "pubmedqa"]
+    for expert in params.trained_experts():
         versions = client.search_model_versions(f"name='medlora-expert-{expert}'")
         assert len(versions) == 1
         tags = versions[0].tags
@@ -105,3 +110,51 @@ def test_validate_logs_counts_and_data_docs_to_mlflow_and_prefect(finished_proje
     with get_client(sync_client=True) as prefect:
         links = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["validate-data-docs"])))
     assert links and "data_docs/local_site/index.html" in links[0].data
+
+
+def test_each_expert_run_logs_training_figures_the_loss_curve_and_the_peft_adapter(finished_project):
+    project, _, _ = finished_project
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`medlora.stage` = 'finetune'")
+    by_expert = {run.data.tags["medlora.expert"]: run for run in runs}
+    assert set(by_expert) == set(load_params(project).trained_experts())
+    for expert, run in by_expert.items():
+        metrics, logged = run.data.metrics, run.data.params
+        assert {"tokens_per_second", "supervised_tokens_per_second", "seconds", "peak_memory_mb"} <= set(metrics)
+        assert ({"val_loss", "val_perplexity"} <= set(metrics)) == (int(logged["val_examples"]) > 0)
+        assert metrics["tokens_per_second"] > 0 and metrics["peak_memory_mb"] > 0 and metrics["steps"] == 2
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+        assert {"lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "max_source_tokens"} <= set(logged)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "loss_curve.png" in artifacts
+        adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+        assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= adapter
+    assert by_expert["pubmedqa"].data.tags["medlora.expert_kind"] == "task"
+    assert int(by_expert["pubmedqa"].data.params["val_examples"]) > 0
+    assert 0 <= by_expert["pubmedqa"].data.metrics["val_accuracy"] <= 1
+    every_specialty = [s for group in load_params(project).experts.values() for s in group]
+    assert by_expert["multitask"].data.params["data"] == "; ".join(every_specialty)
+
+
+def test_predict_answers_notes_and_questions_and_reports_bad_lines(finished_project, tmp_path):
+    from flows.cli import main
+
+    project, _, _ = finished_project
+    records = [{"id": "a", "text": "Chest pain for two days, troponin negative, stress test planned."},
+               {"id": "b", "question": "Does aspirin lower mortality?", "context": "In 400 patients aspirin lowered mortality."},
+               {"id": "c", "question": "Is it?"}]
+    lines = [json.dumps(r) for r in records] + ["{not json", json.dumps({"text": "a note without id"})]
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    for model in ("medlora-expert-pubmedqa", "medlora-expert-pubmedqa/1"):
+        assert main(["--root", str(project), "predict", "--model", model, "--input", str(source), "--output", str(output)]) == 1
+        results = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [r.get("id") for r in results] == ["a", "b", "c", None, None]
+        assert isinstance(results[0]["prediction"], str) and "answer" not in results[0]
+        assert results[1]["answer"] in ("yes", "no", "maybe")
+        assert sum(results[1]["answer_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        assert results[2]["error"] == f"{source} line 3: field 'context' must be a non-empty string when 'question' is given"
+        assert results[3]["error"].startswith(f"{source} line 4: not valid JSON")
+        assert results[4]["error"] == f"{source} line 5: field 'id' is missing"
+    assert main(["--root", str(project), "predict", "--model", "medlora-expert-nope@champion",
+                 "--input", str(source), "--output", str(output)]) == 2

@@ -1,15 +1,49 @@
-"""Chat-formatted training examples: the note is the prompt, the one-sentence target the answer.
+"""Requests and chat-formatted training examples for the two kinds of expert.
 
-Notes longer than `max_source_tokens` keep their head: the identifying header is gone after
-de-identification and the history of present illness, which a summary leans on most, comes first.
+- A specialty expert summarises a note in one sentence. Notes longer than `max_source_tokens` keep
+  their head: the identifying header is gone after de-identification, and the history of present
+  illness, which a summary leans on most, comes first.
+- A task expert answers a biomedical question from an abstract: yes, no or maybe, then the long
+  answer. Abstracts longer than the budget keep their tail, because the results, which decide the
+  answer, come last; the question is always kept whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SYSTEM_PROMPT = "You are a clinical documentation assistant. Summarise the note in one sentence."
+SUMMARY_SYSTEM_PROMPT = "You are a clinical documentation assistant. Summarise the note in one sentence."
+QUESTION_SYSTEM_PROMPT = (
+    "You are a biomedical research assistant. Answer the question from the abstract with yes, no or maybe, "
+    "then explain the answer in a few sentences."
+)
+ANSWERS = ("yes", "no", "maybe")
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a model is asked: a note to summarise, or a question about a context."""
+
+    text: str | None = None
+    question: str | None = None
+    context: str | None = None
+
+    @property
+    def is_question(self) -> bool:
+        return self.question is not None
+
+    @classmethod
+    def from_record(cls, record: dict, where: str) -> Request:
+        """`where` names the file and line, so that a bad record is easy to find."""
+        if isinstance(record.get("question"), str) and record["question"].strip():
+            context = record.get("context")
+            if not isinstance(context, str) or not context.strip():
+                raise ValueError(f"{where}: field 'context' must be a non-empty string when 'question' is given")
+            return cls(question=record["question"], context=context)
+        if isinstance(record.get("text"), str) and record["text"].strip():
+            return cls(text=record["text"])
+        raise ValueError(f"{where}: a record needs a non-empty 'text' (a note) or 'question' and 'context'")
 
 
 @dataclass
@@ -22,22 +56,40 @@ class TokenizedExample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def truncate_head(tokenizer, text: str, max_tokens: int) -> str:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = _token_ids(tokenizer, text)
     return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens])
 
 
-def prompt_ids(tokenizer, note: str, max_source_tokens: int) -> list[int]:
-    messages = [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": truncate_head(tokenizer, note, max_source_tokens)},
-    ]
+def truncate_tail(tokenizer, text: str, max_tokens: int) -> str:
+    ids = _token_ids(tokenizer, text)
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+
+
+def _chat_ids(tokenizer, system: str, user: str) -> list[int]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
-def tokenize_example(tokenizer, note: str, target: str, max_source_tokens: int, max_target_tokens: int) -> TokenizedExample:
-    prompt = prompt_ids(tokenizer, note, max_source_tokens)
-    answer = tokenizer(target, add_special_tokens=False)["input_ids"][:max_target_tokens]
-    answer = answer + [tokenizer.eos_token_id]
+def prompt_ids(tokenizer, request: Request, max_source_tokens: int) -> list[int]:
+    if request.is_question:
+        context = truncate_tail(tokenizer, request.context, max_source_tokens)
+        return _chat_ids(tokenizer, QUESTION_SYSTEM_PROMPT, f"Abstract: {context}\nQuestion: {request.question}")
+    return _chat_ids(tokenizer, SUMMARY_SYSTEM_PROMPT, truncate_head(tokenizer, request.text, max_source_tokens))
+
+
+def tokenize_example(tokenizer, request: Request, target: str, max_source_tokens: int, max_target_tokens: int) -> TokenizedExample:
+    prompt = prompt_ids(tokenizer, request, max_source_tokens)
+    answer = _token_ids(tokenizer, target)[:max_target_tokens] + [tokenizer.eos_token_id]
     return TokenizedExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
+
+
+def answer_token_ids(tokenizer) -> dict[str, list[int]]:
+    """The first-token ids that spell each answer (lower and capitalised), for reading it from logits."""
+    return {answer: sorted({_token_ids(tokenizer, form)[0] for form in (answer, answer.capitalize())})
+            for answer in ANSWERS}

@@ -1,4 +1,4 @@
-"""An expert adapter as an MLflow pyfunc model: base model + PEFT adapter, notes in, summaries out."""
+"""An expert adapter as an MLflow pyfunc model: base model + PEFT adapter; notes or questions in, answers out."""
 
 from __future__ import annotations
 
@@ -16,19 +16,21 @@ class ExpertAdapterModel(mlflow.pyfunc.PythonModel):
         config = context.model_config
         self.max_source_tokens = int(config.get("max_source_tokens", 160))
         self.max_new_tokens = int(config.get("max_new_tokens", 48))
+        self.batch_size = int(config.get("batch_size", 8))
         self.tokenizer, base = load_base(config["base_model"], device=self.device)
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        import torch
+    def respond(self, requests, progress: bool = False) -> list[dict]:
+        from tasks.finetune.inference import respond
 
-        from tasks.finetune.examples import prompt_ids
+        return respond(self.model, self.tokenizer, requests, self.max_source_tokens, self.max_new_tokens,
+                       self.batch_size, progress)
 
-        summaries = []
-        for note in model_input["text"]:
-            ids = torch.tensor([prompt_ids(self.tokenizer, note, self.max_source_tokens)], device=self.device)
-            with torch.no_grad():
-                out = self.model.generate(input_ids=ids, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                          pad_token_id=self.tokenizer.pad_token_id)
-            summaries.append(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
-        return summaries
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Rows with `text` (a note) or `question` and `context`; returns `prediction` and, for questions, `answer`."""
+        from tasks.finetune.examples import Request
+
+        records = model_input.to_dict(orient="records")
+        requests = [Request.from_record(record, f"input row {row}") for row, record in enumerate(records)]
+        responses = self.respond(requests)
+        return pd.DataFrame([{"prediction": r["prediction"], "answer": r.get("answer")} for r in responses])

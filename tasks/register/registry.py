@@ -14,7 +14,7 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 from tasks.finetune.train import TRAINING_REPORT  # noqa: E402
-from tasks.params import Params  # noqa: E402
+from tasks.params import MULTITASK_EXPERT, Params  # noqa: E402
 from tasks.register.expert_model import ExpertAdapterModel  # noqa: E402
 
 
@@ -22,14 +22,39 @@ def registered_name(params: Params, expert: str) -> str:
     return f"{params.tracking.model_prefix}-expert-{expert}"
 
 
-def _loss_curve(losses: list[float], expert: str, path: Path) -> Path:
+def _loss_curve(report: dict, path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(range(1, len(losses) + 1), losses, marker="o")
-    axis.set(title=f"training loss: {expert}", xlabel="optimizer step", ylabel="target-token loss")
+    losses = report["loss_per_step"]
+    axis.plot(range(1, len(losses) + 1), losses, label="training (target tokens)")
+    if report["val_loss_per_eval"]:
+        steps, val_losses = zip(*report["val_loss_per_eval"])
+        axis.plot(steps, val_losses, marker="o", label="validation")
+    axis.set(title=f"loss: {report['expert']}", xlabel="optimizer step", ylabel="loss per target token")
+    axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def expert_kind(params: Params, expert: str) -> str:
+    if expert in params.finetune.task_experts:
+        return "task"
+    return "multitask" if expert == MULTITASK_EXPERT else "specialty"
+
+
+def training_params(params: Params, expert: str, report: dict) -> dict:
+    settings = params.finetune.for_expert(expert).model_dump(exclude={"task_experts", "lora"})
+    lora = params.finetune.lora
+    groups = list(params.experts) if expert == MULTITASK_EXPERT else [expert]
+    data = (params.finetune.task_experts[expert].path if expert in params.finetune.task_experts
+            else "; ".join(s for group in groups for s in params.experts[group]))
+    return {**settings, "expert": expert, "kind": expert_kind(params, expert), "data": data,
+            "base_model_setting": params.base_model, "seed": params.seed, "lora_r": lora.r, "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout, "target_modules": ",".join(lora.target_modules),
+            "train_examples": report["train_examples"], "val_examples": report["val_examples"],
+            "trainable_parameters": report["trainable_parameters"], "precision": report["precision"],
+            "device": report["device"], "threads": report["threads"]}
 
 
 def register_expert(adapter_dir: Path, params: Params, base_model_location: str, versions: dict[str, str]) -> dict:
@@ -37,31 +62,33 @@ def register_expert(adapter_dir: Path, params: Params, base_model_location: str,
     report = json.loads((adapter_dir / TRAINING_REPORT).read_text())
     expert = report["expert"]
     name = registered_name(params, expert)
-    finetune = params.finetune
+    settings = params.finetune.for_expert(expert)
     with mlflow.start_run(run_name=f"expert-{expert}", nested=mlflow.active_run() is not None) as run:
-        mlflow.set_tags({"medlora.stage": "finetune", "medlora.expert": expert, **versions})
-        mlflow.log_params({
-            "expert": expert, "base_model_setting": params.base_model, "specialties": "; ".join(params.experts[expert]),
-            "lora_r": finetune.lora.r, "lora_alpha": finetune.lora.alpha, "lora_dropout": finetune.lora.dropout,
-            "target_modules": ",".join(finetune.lora.target_modules), "learning_rate": finetune.learning_rate,
-            "batch_size": finetune.batch_size, "max_steps": finetune.max_steps,
-            "max_source_tokens": finetune.max_source_tokens, "train_examples": report["train_examples"],
-            "val_examples": report["val_examples"],
-        })
+        mlflow.set_tags({"medlora.stage": "finetune", "medlora.expert": expert,
+                         "medlora.expert_kind": expert_kind(params, expert), **versions})
+        mlflow.log_params(training_params(params, expert, report))
         for step, loss in enumerate(report["loss_per_step"], start=1):
             mlflow.log_metric("train_loss", loss, step=step)
-        metrics = {k: report[k] for k in ("tokens_per_second", "seconds", "peak_memory_mb", "tokens", "supervised_tokens")}
+        for step, loss in report["val_loss_per_eval"]:
+            mlflow.log_metric("val_loss_at_step", loss, step=step)
+        metrics = {k: report[k] for k in ("tokens_per_second", "supervised_tokens_per_second", "seconds", "peak_memory_mb",
+                                          "tokens", "supervised_tokens", "steps")}
+        metrics |= {"stopped_early": int(report["stopped_early"]), "resumed_from_step": report["resumed_from_step"],
+                    **report["val_metrics"]}
         if report["val_loss"] is not None:
             metrics["val_loss"] = report["val_loss"]
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as scratch:
-            mlflow.log_artifact(str(_loss_curve(report["loss_per_step"], expert, Path(scratch) / "loss_curve.png")))
-        # The PEFT adapter travels inside the pyfunc model (model/artifacts/adapter), loadable as is.
+            mlflow.log_artifact(str(_loss_curve(report, Path(scratch) / "loss_curve.png")))
+        # The adapter in PEFT format, as serving engines (vLLM, LoRAX) load it.
+        mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+        # ... and inside a pyfunc model (model/artifacts/adapter) for `mlflow models serve` and `medlora predict`.
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ExpertAdapterModel(),
             artifacts={"adapter": str(adapter_dir)},
-            model_config={"base_model": base_model_location, "max_source_tokens": finetune.max_source_tokens},
+            model_config={"base_model": base_model_location, "max_source_tokens": settings.max_source_tokens,
+                          "max_new_tokens": settings.max_target_tokens, "batch_size": settings.generation_batch_size},
             pip_requirements=["torch", "transformers", "peft", "pandas"],
             registered_model_name=name,
         )

@@ -1,0 +1,1 @@
+"""Evaluation of trained experts: automatic metrics on held-out data."""

@@ -1,0 +1,203 @@
+"""The LoRA trainer on the tiny random model: what it computes, and that it survives a kill."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.finetune.base_model import load_base, prepare_base_model
+from tasks.finetune.examples import IGNORE_INDEX, Request, answer_token_ids, tokenize_example
+from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
+from tasks.finetune.train import (
+    CHECKPOINT_FILE,
+    LoopState,
+    TrainingReport,
+    add_lora,
+    collate,
+    length_grouped_batches,
+    save_checkpoint,
+    summed_target_loss,
+    train_expert_adapter,
+)
+from tasks.params import FinetuneParams, LoraParams
+
+from .conftest import PROJECT, shared_corpus
+
+WORDS = "patient presents with chest pain dyspnea fever cough knee fracture headache seizure renal stone".split()
+
+
+def synthetic_pairs(count: int, seed: int = 0) -> list[tuple[Request, str]]:
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        note = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60)))
+        pairs.append((Request(text=note), " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-base")
+    prepare_base_model("tiny-random", root)
+    return root
+
+
+def tiny_settings(**changes) -> FinetuneParams:
+    defaults = dict(max_source_tokens=64, max_target_tokens=12, batch_size=4, max_steps=6, learning_rate=1e-3,
+                    warmup_steps=1, precision="fp32", lora=LoraParams(r=4, alpha=8, dropout=0.0))
+    return FinetuneParams(**(defaults | changes))
+
+
+def test_loss_is_on_target_tokens_only_and_matches_the_full_lm_head(tiny_root):
+    tokenizer, model = load_base("tiny-random", tiny_root)
+    examples = [tokenize_example(tokenizer, r, t, 64, 12) for r, t in synthetic_pairs(5)]
+    for example in examples:
+        prompt_length = example.labels.index(next(label for label in example.labels if label != IGNORE_INDEX))
+        assert example.input_ids[prompt_length:] == example.labels[prompt_length:]
+        assert example.labels[-1] == tokenizer.eos_token_id
+    batch = collate(examples, tokenizer.pad_token_id, torch.device("cpu"))
+    ours = summed_target_loss(model, batch) / sum(e.supervised_tokens for e in examples)
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert ours.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_length_grouping_pads_less_than_random_batches_and_equal_lengths_need_no_mask(tiny_root):
+    tokenizer, _ = load_base("tiny-random", tiny_root)
+    examples = [tokenize_example(tokenizer, r, t, 64, 12) for r, t in synthetic_pairs(64)]
+    padding = lambda batches: sum(max(len(e.input_ids) for e in b) * len(b) - sum(len(e.input_ids) for e in b) for b in batches)  # noqa: E731
+    grouped = length_grouped_batches(examples, 4, random.Random(0))
+    shuffled = examples[:]
+    random.Random(0).shuffle(shuffled)
+    assert sorted(id(e) for b in grouped for e in b) == sorted(id(e) for e in examples)
+    assert padding(grouped) < padding([shuffled[i : i + 4] for i in range(0, 64, 4)]) / 3
+    same_length = [e for e in examples if len(e.input_ids) == len(examples[0].input_ids)][:1] * 3
+    assert collate(same_length, tokenizer.pad_token_id, torch.device("cpu"))["attention_mask"] is None
+
+
+def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tiny_root, tmp_path):
+    pairs = synthetic_pairs(8, seed=3)
+    weights = []
+    for batch_size, accumulation in ((8, 1), (2, 4)):
+        tokenizer, base = load_base("tiny-random", tiny_root)
+        settings = tiny_settings(batch_size=batch_size, gradient_accumulation=accumulation, max_steps=1, warmup_steps=0)
+        _, model = train_expert_adapter("acc", pairs, [], tokenizer, base, settings, tmp_path / f"a{batch_size}", 0,
+                                        torch.device("cpu"), progress=False)
+        weights.append({k: v.clone() for k, v in model.state_dict().items() if "lora_" in k})
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.allclose(weights[0][key], weights[1][key], atol=1e-6), key
+
+
+def test_early_stopping_keeps_the_best_adapter(tiny_root, tmp_path):
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    # A min_delta no change can meet: the first evaluation is the best, the next one stops the run.
+    settings = tiny_settings(max_steps=40, eval_every=2, early_stopping_patience=1, early_stopping_min_delta=100.0)
+    report, _ = train_expert_adapter("early", synthetic_pairs(16), synthetic_pairs(4, seed=9), tokenizer, base, settings,
+                                     tmp_path / "early", 0, torch.device("cpu"), progress=False)
+    assert report.stopped_early and report.steps == 4
+    assert [step for step, _ in report.val_loss_per_eval] == [2, 4]
+    assert report.val_loss == report.val_loss_per_eval[0][1]
+    assert json.loads((tmp_path / "early" / "training.json").read_text())["stopped_early"] is True
+    assert (tmp_path / "early" / "adapter_model.safetensors").exists()
+
+
+RESUMABLE_RUN = """
+import json, sys, torch
+from pathlib import Path
+sys.path.insert(0, {project!r})
+from tests.test_finetune import synthetic_pairs, tiny_settings
+from tasks.finetune.base_model import load_base
+from tasks.finetune.train import train_expert_adapter
+tokenizer, base = load_base("tiny-random", Path({root!r}))
+settings = tiny_settings(max_steps=300, checkpoint_every=2, eval_every=50, lora=tiny_settings().lora.model_copy(update={{"dropout": 0.1}}))
+report, _ = train_expert_adapter("resumable", synthetic_pairs(40), synthetic_pairs(6, seed=5), tokenizer, base, settings,
+                                 Path({out!r}), 7, torch.device("cpu"), checkpoint_dir=Path({checkpoints!r}), progress=False)
+print(json.dumps({{"steps": report.steps, "resumed_from_step": report.resumed_from_step, "losses": report.loss_per_step}}))
+"""
+
+
+def _resumable_run(tiny_root: Path, tmp_path: Path, name: str) -> list[str]:
+    script = RESUMABLE_RUN.format(project=str(PROJECT), root=str(tiny_root), out=str(tmp_path / name),
+                                  checkpoints=str(tmp_path / f"{name}-checkpoints"))
+    return [sys.executable, "-c", script]
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tiny_root, tmp_path):
+    command = _resumable_run(tiny_root, tmp_path, "killed")
+    checkpoint = tmp_path / "killed-checkpoints" / "resumable" / CHECKPOINT_FILE
+    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and worker.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert worker.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert checkpoint.exists() and not (tmp_path / "killed" / "training.json").exists()
+
+    resumed = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    uninterrupted = json.loads(subprocess.run(_resumable_run(tiny_root, tmp_path, "whole"), capture_output=True, text=True,
+                                              check=True).stdout.splitlines()[-1])
+    assert 0 < resumed["resumed_from_step"] < 300
+    assert resumed["steps"] == uninterrupted["steps"] == 300
+    assert resumed["losses"] == pytest.approx(uninterrupted["losses"], abs=1e-4)
+    assert not checkpoint.exists(), "a finished run removes its checkpoint"
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny_root, tmp_path):
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    pairs = synthetic_pairs(8)
+    checkpoints = tmp_path / "checkpoints"
+    first = tiny_settings(max_steps=4, checkpoint_every=2)
+    train_expert_adapter("x", pairs, [], tokenizer, base, first, tmp_path / "x", 0, torch.device("cpu"), checkpoints, False)
+    leftover = checkpoints / "x" / CHECKPOINT_FILE
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    model = add_lora(base, first)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(leftover, "another-run", model, optimizer, scheduler, LoopState(step=3), TrainingReport("x", 8, 0))
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    report, _ = train_expert_adapter("x", pairs, [], tokenizer, base, first, tmp_path / "x", 0, torch.device("cpu"), checkpoints, False)
+    assert report.resumed_from_step == 0 and report.steps == 4
+
+
+def test_question_examples_keep_the_question_and_the_tail_of_the_abstract(tiny_root):
+    tokenizer, _ = load_base("tiny-random", tiny_root)
+    context = "BACKGROUND first words. " + "filler " * 300 + "RESULTS the drug lowered mortality."
+    example = tokenize_example(tokenizer, Request(question="Does the drug work?", context=context), "yes. It does.", 40, 16)
+    prompt = tokenizer.decode(example.input_ids)
+    assert "Does the drug work?" in prompt and "RESULTS the drug lowered mortality." in prompt
+    assert "BACKGROUND" not in prompt
+    first_answer_token = example.labels[next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)]
+    assert first_answer_token in answer_token_ids(tokenizer)["yes"]
+
+
+def test_records_without_text_or_question_name_the_line_and_field():
+    with pytest.raises(ValueError, match=r"in.jsonl line 3: field 'context' must be a non-empty string"):
+        Request.from_record({"id": 1, "question": "Is it?"}, "in.jsonl line 3")
+    with pytest.raises(ValueError, match=r"line 4: a record needs a non-empty 'text'"):
+        Request.from_record({"id": 1, "text": "  "}, "line 4")
+
+
+def test_pubmedqa_split_is_stable_and_disjoint():
+    items = read_pubmedqa(shared_corpus("pubmedqa/pqal.json"))
+    parts = split_pubmedqa(items, seed=13, holdout=0.3, val=0.1)
+    again = split_pubmedqa(list(reversed(items)), seed=13, holdout=0.3, val=0.1)
+    assert {k: sorted(i.pmid for i in v) for k, v in parts.items()} == {k: sorted(i.pmid for i in v) for k, v in again.items()}
+    assert sum(len(v) for v in parts.values()) == len(items) == 500
+    assert 0.2 < len(parts["test"]) / len(items) < 0.4
+    assert all(i.target.split(".")[0] in ("yes", "no", "maybe") for i in items)
+
+
+def test_a_malformed_pubmedqa_file_names_the_item_and_field(tmp_path):
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps({"123": {"QUESTION": "q", "CONTEXTS": ["c"], "final_decision": "perhaps", "LONG_ANSWER": "a"}}))
+    with pytest.raises(ValueError, match=r"qa.json: item 123 field 'final_decision' must be one of"):
+        read_pubmedqa(path)
