@@ -133,20 +133,24 @@ class FinetuneParams(Strict):
     checkpoint_every: int = Field(0, ge=0)
     checkpoint_dir: str = "models/checkpoints"
     generation_batch_size: int = Field(8, ge=1)
+    answer_weight: float = Field(1.0, gt=0)  # questions: loss weight of the yes / no / maybe token
     lora: LoraParams = LoraParams()
     multitask_expert: bool = False
+    multitask_overrides: dict = {}
     task_experts: dict[str, TaskExpertParams] = {}
 
     def for_expert(self, expert: str) -> FinetuneParams:
-        """These settings with the task expert's overrides applied (unknown keys are an error)."""
-        task = self.task_experts.get(expert)
-        if task is None or not task.overrides:
+        """These settings with the expert's overrides applied (unknown keys are an error)."""
+        if expert == MULTITASK_EXPERT:
+            overrides, where = self.multitask_overrides, "finetune.multitask_overrides"
+        elif expert in self.task_experts:
+            overrides, where = self.task_experts[expert].overrides, f"finetune.task_experts.{expert}.overrides"
+        else:
             return self
-        merged = deep_merge(self.model_dump(), task.overrides)
         try:
-            return FinetuneParams.model_validate(merged)
+            return FinetuneParams.model_validate(deep_merge(self.model_dump(), overrides))
         except ValidationError as error:
-            raise ValueError(f"finetune.task_experts.{expert}.overrides is not valid:\n{error}") from None
+            raise ValueError(f"{where} is not valid:\n{error}") from None
 
 
 class TrackingParams(Strict):

@@ -69,6 +69,20 @@ def test_loss_is_on_target_tokens_only_and_matches_the_full_lm_head(tiny_root):
     assert ours.item() == pytest.approx(full.item(), rel=1e-5)
 
 
+def test_a_question_weighs_its_answer_token_as_configured(tiny_root):
+    tokenizer, model = load_base("tiny-random", tiny_root)
+    request = Request(question="Does it work?", context="It worked in most patients.")
+    plain, weighted = (tokenize_example(tokenizer, request, "yes. It worked.", 64, 12, answer_weight=w) for w in (1.0, 4.0))
+    assert weighted.loss_weight == plain.loss_weight + 3
+    losses = [summed_target_loss(model, collate([e], tokenizer.pad_token_id, torch.device("cpu"))).item() for e in (plain, weighted)]
+    first = plain.labels.index(next(label for label in plain.labels if label != IGNORE_INDEX))
+    logits = model(input_ids=torch.tensor([plain.input_ids])).logits[0, first - 1]
+    decision_loss = torch.nn.functional.cross_entropy(logits, torch.tensor(plain.labels[first])).item()
+    assert losses[1] - losses[0] == pytest.approx(3 * decision_loss, rel=1e-4)
+    note = tokenize_example(tokenizer, Request(text="a note"), "a summary", 64, 12, answer_weight=4.0)
+    assert note.answer_weight == 1.0
+
+
 def test_length_grouping_pads_less_than_random_batches_and_equal_lengths_need_no_mask(tiny_root):
     tokenizer, _ = load_base("tiny-random", tiny_root)
     examples = [tokenize_example(tokenizer, r, t, 64, 12) for r, t in synthetic_pairs(64)]

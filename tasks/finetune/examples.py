@@ -50,10 +50,15 @@ class Request:
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on prompt tokens: loss only on the target
+    answer_weight: float = 1.0  # loss weight of the first target token (a question's yes / no / maybe)
 
     @property
     def supervised_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def loss_weight(self) -> float:
+        return self.supervised_tokens - 1 + self.answer_weight
 
 
 def _token_ids(tokenizer, text: str) -> list[int]:
@@ -83,10 +88,13 @@ def prompt_ids(tokenizer, request: Request, max_source_tokens: int) -> list[int]
     return _chat_ids(tokenizer, SUMMARY_SYSTEM_PROMPT, truncate_head(tokenizer, request.text, max_source_tokens))
 
 
-def tokenize_example(tokenizer, request: Request, target: str, max_source_tokens: int, max_target_tokens: int) -> TokenizedExample:
+def tokenize_example(tokenizer, request: Request, target: str, max_source_tokens: int, max_target_tokens: int,
+                     answer_weight: float = 1.0) -> TokenizedExample:
+    """`answer_weight` applies to questions only: their first target token is the decision."""
     prompt = prompt_ids(tokenizer, request, max_source_tokens)
     answer = _token_ids(tokenizer, target)[:max_target_tokens] + [tokenizer.eos_token_id]
-    return TokenizedExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
+    return TokenizedExample(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer,
+                            answer_weight if request.is_question else 1.0)
 
 
 def answer_token_ids(tokenizer) -> dict[str, list[int]]:

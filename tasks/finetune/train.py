@@ -86,30 +86,35 @@ def collate(batch: list[TokenizedExample], pad_id: int, device: torch.device) ->
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
+    weights = torch.zeros((len(batch), width), dtype=torch.float)
     for row, example in enumerate(batch):
         n = len(example.input_ids)
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
+        supervised = labels[row] != IGNORE_INDEX
+        weights[row, supervised] = 1.0
+        weights[row, int(supervised.nonzero()[0])] = example.answer_weight
     # With no padding in the batch, attention needs no mask and takes the fused causal kernel.
-    return {"input_ids": ids.to(device), "labels": labels.to(device),
+    return {"input_ids": ids.to(device), "labels": labels.to(device), "loss_weights": weights.to(device),
             "attention_mask": None if bool(mask.all()) else mask.to(device)}
 
 
 def summed_target_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed next-token loss over target tokens; the LM head runs only where a loss is needed."""
+    """Weighted sum of the next-token losses of target tokens; the LM head runs only where a loss is needed."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     next_labels = batch["labels"][:, 1:]
     positions = next_labels != IGNORE_INDEX
     logits = causal_lm.lm_head(hidden[:, :-1][positions])
-    return F.cross_entropy(logits.float(), next_labels[positions], reduction="sum")
+    losses = F.cross_entropy(logits.float(), next_labels[positions], reduction="none")
+    return (losses * batch["loss_weights"][:, 1:][positions]).sum()
 
 
 @torch.no_grad()
 def evaluate_loss(model, examples: list[TokenizedExample], batch_size: int, pad_id: int, device: torch.device,
                   precision: str = "fp32") -> float | None:
-    """Mean loss per target token over `examples`."""
+    """Mean loss per target token over `examples` (weighted, when questions weigh their answer more)."""
     if not examples:
         return None
     was_training = model.training
@@ -120,7 +125,7 @@ def evaluate_loss(model, examples: list[TokenizedExample], batch_size: int, pad_
         for start in range(0, len(ordered), batch_size):
             chunk = ordered[start : start + batch_size]
             total += summed_target_loss(model, collate(chunk, pad_id, device)).item()
-            tokens += sum(e.supervised_tokens for e in chunk)
+            tokens += sum(e.loss_weight for e in chunk)
     model.train(was_training)
     return total / tokens
 
@@ -201,10 +206,27 @@ def load_checkpoint(path: Path, fingerprint: str, model, optimizer, scheduler) -
     return LoopState(**saved["state"]), saved["report"]
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak-memory count at this training run, not at the start of the process (stages share one)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current resident size
+    except OSError:
+        pass  # elsewhere the figure is the process's peak
+
+
 def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the peak resident memory of this process (VmHWM) on a CPU."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process peak RSS (KiB on Linux)
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux, the process peak
 
 
 def train_expert_adapter(
@@ -228,7 +250,7 @@ def train_expert_adapter(
         torch.set_num_threads(params.threads)
     set_seed(seed)
     encode = lambda records: [  # noqa: E731
-        tokenize_example(tokenizer, request, target, params.max_source_tokens, params.max_target_tokens)
+        tokenize_example(tokenizer, request, target, params.max_source_tokens, params.max_target_tokens, params.answer_weight)
         for request, target in records
     ]
     train_examples, val_examples = encode(train_records), encode(val_records)
@@ -255,6 +277,7 @@ def train_expert_adapter(
         log.info("expert %s: resuming from step %s of %s", expert, state.step, params.max_steps)
 
     batches = epoch_batches(train_examples, params.batch_size, seed, state.epoch)
+    reset_peak_memory(device)
     seconds_before = report.seconds
     started = time.perf_counter()
     bar = tqdm(total=params.max_steps, initial=state.step, desc=f"training {expert}", unit="step", disable=not progress)
@@ -267,15 +290,15 @@ def train_expert_adapter(
             micro_batches.append(batches[state.batch_in_epoch])
             state.batch_in_epoch += 1
         # Every target token of the optimizer step weighs the same, however the micro-batches split them.
-        step_tokens = sum(e.supervised_tokens for batch in micro_batches for e in batch)
+        step_weight = sum(e.loss_weight for batch in micro_batches for e in batch)
         step_loss = 0.0
         for batch in micro_batches:
             with autocast(device, precision):
-                loss = summed_target_loss(model, collate(batch, pad_id, device)) / step_tokens
+                loss = summed_target_loss(model, collate(batch, pad_id, device)) / step_weight
             loss.backward()
             step_loss += loss.item()
             report.tokens += sum(len(e.input_ids) for e in batch)
-        report.supervised_tokens += step_tokens
+            report.supervised_tokens += sum(e.supervised_tokens for e in batch)
         torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
         optimizer.step()
         scheduler.step()
