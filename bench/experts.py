@@ -32,7 +32,7 @@ from flows.finetune import ADAPTERS_DIR  # noqa: E402
 from flows.validate import VALIDATED_DIR  # noqa: E402
 from tasks.evaluate.metrics import accuracy, macro_f1, rouge_l  # noqa: E402
 from tasks.finetune.base_model import load_base, pick_device  # noqa: E402
-from tasks.finetune.examples import ANSWERS, Request  # noqa: E402
+from tasks.finetune.examples import ANSWERS, Request, answer_of  # noqa: E402
 from tasks.finetune.expert_data import expert_records  # noqa: E402
 from tasks.finetune.inference import answer_probabilities, best_answer, generate  # noqa: E402
 from tasks.finetune.train import autocast, resolve_precision  # noqa: E402
@@ -84,7 +84,7 @@ def summary_table(params, root: Path, device, precision: str, per_group: int) ->
 def question_scores(params, root: Path, device, precision: str, expert: str) -> dict:
     settings = params.finetune.for_expert(expert)
     held_out = expert_records(params, expert, {"test": None}, root)["test"]
-    labels = [target.split(".", 1)[0] for _, target in held_out]
+    labels = [answer_of(target) for _, target in held_out]
     result = {"expert": expert, "items": len(labels), "majority_class": round(Counter(labels).most_common(1)[0][1] / len(labels), 4)}
     for system in ("base", expert):
         tokenizer, model = load_model(params, root, device, None if system == "base" else expert)

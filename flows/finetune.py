@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from flows.stage_runtime import stage_run
 from flows.validate import VALIDATED_DIR
 from tasks.finetune.base_model import load_base, pick_device
-from tasks.finetune.examples import Request
+from tasks.finetune.examples import Request, answer_of
 from tasks.finetune.expert_data import expert_records
 from tasks.finetune.inference import answer_probabilities, best_answer
 from tasks.finetune.train import train_expert_adapter, write_report
@@ -36,7 +36,7 @@ def train_expert(root: Path, params, expert: str, splits: dict[str, pd.DataFrame
 def validation_accuracy(model, tokenizer, val: list[tuple[Request, str]], settings) -> float:
     probabilities = answer_probabilities(model, tokenizer, [r for r, _ in val], settings.max_source_tokens,
                                          settings.generation_batch_size)
-    correct = sum(best_answer(p) == target.split(".", 1)[0] for p, (_, target) in zip(probabilities, val))
+    correct = sum(best_answer(p) == answer_of(target) for p, (_, target) in zip(probabilities, val))
     return round(correct / len(val), 4)
 
 

@@ -14,6 +14,18 @@ def test_shipped_params_are_valid_and_group_mtsamples_specialties():
     assert params.uses_sample_corpus()
 
 
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (PROJECT / "presets").glob("*.yaml")))
+def test_each_preset_merges_into_valid_params(preset):
+    params = load_params(PROJECT, yaml.safe_load((PROJECT / "presets" / f"{preset}.yaml").read_text()))
+    for expert in params.trained_experts():
+        assert params.finetune.for_expert(expert).max_steps >= 1
+
+
+def test_an_unknown_override_names_its_place():
+    with pytest.raises(ValueError, match=r"finetune.task_experts.pubmedqa.overrides is not valid"):
+        load_params(PROJECT, {"finetune": {"task_experts": {"pubmedqa": {"overrides": {"max_stepz": 3}}}}}).finetune.for_expert("pubmedqa")
+
+
 def test_specialty_in_two_experts_is_refused(tmp_path):
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     raw["experts"]["neuro"].append("Orthopedic")

@@ -97,6 +97,11 @@ def tokenize_example(tokenizer, request: Request, target: str, max_source_tokens
                             answer_weight if request.is_question else 1.0)
 
 
+def answer_of(target: str) -> str:
+    """The decision a question's target starts with ("yes. The effects ..." -> "yes")."""
+    return target.split(".", 1)[0]
+
+
 def answer_token_ids(tokenizer) -> dict[str, list[int]]:
     """The first-token ids that spell each answer (lower and capitalised), for reading it from logits."""
     return {answer: sorted({_token_ids(tokenizer, form)[0] for form in (answer, answer.capitalize())})
