@@ -15,16 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing
 import os
 import resource
 import sys
 import time
 from pathlib import Path
-from queue import Empty
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.isolated import measure  # noqa: E402
 PHYSIONET = ROOT.parent / "shared" / "data" / "physionet-deid"
 
 
@@ -75,22 +75,6 @@ def run_medlora(limit: int, workers: int, queue) -> None:
     seconds = time.perf_counter() - started
     peak = max(_peak_mb(resource.RUSAGE_SELF), _peak_mb(resource.RUSAGE_CHILDREN))
     queue.put({"seconds": seconds, "peak_mb": peak, **score_corpus(notes, found).summary()})
-
-
-def measure(target, *args) -> dict:
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Empty:
-            if not process.is_alive():
-                raise SystemExit(f"{target.__name__} failed (exit code {process.exitcode}); see its traceback above") from None
-    process.join()
-    return result
 
 
 def main() -> int:

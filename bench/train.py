@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import multiprocessing
 import random
 import sys
 import tempfile
@@ -31,7 +30,6 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from queue import Empty
 
 import torch
 from rich.console import Console
@@ -39,6 +37,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.isolated import measure  # noqa: E402
 MTSAMPLES = ROOT.parent / "shared" / "data" / "mtsamples" / "mtsamples.csv"
 BASELINE = "HF Trainer + PEFT"
 TARGET_SPEEDUP = 2.0
@@ -277,26 +277,6 @@ def run_ours(settings: BenchSettings, precision: str, train_records, val_records
     shape = replace(shape, lora_weights=report.trainable_parameters)
     queue.put(run_summary("medlora", report.precision, report.seconds, lengths,
                           report.supervised_tokens, padded_positions, shape, val_loss, peak_mb, report.loss_per_step, device))
-
-
-def measure(target, *args) -> dict:
-    """Run `target` in a fresh process (spawned: nothing inherited but the arguments) and return its figures."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Empty:
-            if not process.is_alive():
-                if process.exitcode == -9:
-                    raise SystemExit(f"{target.__name__} was killed (SIGKILL), most likely out of memory: "
-                                     "free memory or lower --batch-size / --max-source-tokens") from None
-                raise SystemExit(f"{target.__name__} failed (exit code {process.exitcode}); see its traceback above") from None
-    process.join()
-    return result
 
 
 def gemm_peak_flops(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:

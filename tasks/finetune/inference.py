@@ -10,9 +10,9 @@ from tqdm import tqdm
 from tasks.finetune.examples import ANSWERS, Request, answer_token_ids, prompt_ids
 
 
-def _batches(items: Sequence, batch_size: int) -> Iterator[tuple[int, Sequence]]:
+def _batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), batch_size):
-        yield start, items[start : start + batch_size]
+        yield items[start : start + batch_size]
 
 
 def _left_padded(prompts: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -40,7 +40,7 @@ def generate(model, tokenizer, requests: Sequence[Request], max_source_tokens: i
     order = _sorted_by_length(prompts)
     outputs: list[str] = [""] * len(requests)
     with tqdm(total=len(requests), desc=description, unit="record", disable=not progress) as bar:
-        for _, chunk in _batches(order, batch_size):
+        for chunk in _batches(order, batch_size):
             batch = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -61,7 +61,7 @@ def answer_probabilities(model, tokenizer, requests: Sequence[Request], max_sour
     prompts = [prompt_ids(tokenizer, r, max_source_tokens) for r in requests]
     order = _sorted_by_length(prompts)
     results: list[dict[str, float]] = [{}] * len(requests)
-    for _, chunk in tqdm(list(_batches(order, batch_size)), desc="answering", unit="batch", disable=not progress):
+    for chunk in tqdm(list(_batches(order, batch_size)), desc="answering", unit="batch", disable=not progress):
         batch = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
         # Left padding puts every prompt's last token in the last column: one LM-head row per request.
         logits = model(**batch, logits_to_keep=1).logits[:, -1].float()
