@@ -12,6 +12,7 @@ from tasks.finetune.examples import Request, answer_of
 from tasks.finetune.expert_data import expert_records
 from tasks.finetune.inference import answer_probabilities, best_answer
 from tasks.finetune.train import train_expert_adapter, write_report
+from tasks.params import MULTITASK_EXPERT
 
 ADAPTERS_DIR = Path("models/adapters")
 
@@ -23,9 +24,11 @@ def train_expert(root: Path, params, expert: str, splits: dict[str, pd.DataFrame
     device = pick_device(settings.device)
     # A fresh base per expert: get_peft_model injects LoRA layers in place (reloading takes < 1 s).
     tokenizer, base = load_base(params.base_model, root, device)
+    specialise = params.finetune.specialise_from_multitask and expert in params.experts
     report, model = train_expert_adapter(expert, records["train"], records["val"], tokenizer, base, settings,
                                          root / ADAPTERS_DIR / expert, params.seed, device,
-                                         checkpoint_dir=root / settings.checkpoint_dir)
+                                         checkpoint_dir=root / settings.checkpoint_dir,
+                                         init_adapter=root / ADAPTERS_DIR / MULTITASK_EXPERT if specialise else None)
     if records["val"] and records["val"][0][0].is_question:
         report.val_metrics["val_accuracy"] = validation_accuracy(model, tokenizer, records["val"], settings)
         write_report(root / ADAPTERS_DIR / expert, report)

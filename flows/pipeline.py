@@ -16,6 +16,7 @@ from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.prepare_base import prepare_base_flow
 from flows.register import register_flow
+from flows.route import route_flow
 from flows.train_deid import train_deid_flow
 from flows.validate import validate_flow
 from tasks.params import load_params
@@ -30,6 +31,7 @@ STAGE_FLOWS = {
     "validate": validate_flow,
     "finetune": finetune_flow,
     "register": register_flow,
+    "route": route_flow,
 }
 
 

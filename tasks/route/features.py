@@ -1,0 +1,148 @@
+"""What a router sees of a request: two cheap views, used together.
+
+- the base model's hidden state at decoder layer `layer`, mean-pooled over the prompt (serving runs
+  the base model over the prompt anyway; only the first `layer` layers run here);
+- a hashed TF-IDF bag of the request's words.
+
+On MTSamples each view alone routes about as well as TF-IDF with logistic regression (0.88 to 0.90
+held out); together they do better (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from tasks.finetune.examples import Request, prompt_ids
+
+
+def decoder_of(model):
+    """The decoder stack (embeddings, layers, norm) of a causal LM, also inside a PEFT wrapper."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal_lm.model
+
+
+@contextmanager
+def first_layers(decoder, layer: int):
+    """Run only decoder layers 1..layer for the duration (0: all of them)."""
+    layers = decoder.layers
+    if not 0 <= layer <= len(layers):
+        raise ValueError(f"route.layer is {layer}: the base model has decoder layers 1 to {len(layers)} (0: the last)")
+    decoder.layers = layers[: layer or len(layers)]
+    try:
+        yield decoder
+    finally:
+        decoder.layers = layers
+
+
+@torch.no_grad()
+def request_features(model, tokenizer, requests: Sequence[Request], layer: int, note_tokens: int, question_tokens: int,
+                     batch_size: int = 16, precision: str = "fp32", progress: bool = False) -> torch.Tensor:
+    """(requests, hidden size) float32: layer `layer`'s output, mean over the prompt's tokens. Prompts
+    are cut as the experts see them: notes to `note_tokens`, abstracts to `question_tokens`."""
+    decoder = decoder_of(model)
+    device = next(decoder.parameters()).device
+    prompts = [prompt_ids(tokenizer, r, question_tokens if r.is_question else note_tokens) for r in requests]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    features = torch.zeros((len(prompts), decoder.config.hidden_size))
+    was_training = decoder.training
+    decoder.eval()
+    with first_layers(decoder, layer), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"), \
+            tqdm(total=len(prompts), desc="routing features", unit="request", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, index in enumerate(chunk):
+                ids[row, : len(prompts[index])] = torch.tensor(prompts[index])
+                mask[row, : len(prompts[index])] = 1
+            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+            weights = mask.unsqueeze(-1).float()
+            features[chunk] = (hidden * weights).sum(1) / weights.sum(1)
+            bar.update(len(chunk))
+    decoder.train(was_training)
+    return features
+
+
+WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+def request_text(request: Request) -> str:
+    return f"{request.question}\n{request.context}" if request.is_question else request.text
+
+
+class LexicalVectoriser:
+    """Hashed TF-IDF of a request's words (sublinear term frequency, L2-normalised): the lexical half of
+    the features. Specialty vocabulary ("laminectomy", "cystoscopy") separates experts that hidden
+    states mix up; hashing needs no vocabulary file and costs microseconds per note."""
+
+    def __init__(self, buckets: int, idf: torch.Tensor | None = None):
+        self.buckets = buckets
+        self.idf = idf if idf is not None else torch.ones(buckets)
+
+    def _counts(self, text: str) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for word in WORD.findall(text.lower()):
+            bucket = zlib.crc32(word.encode()) % self.buckets
+            counts[bucket] = counts.get(bucket, 0) + 1
+        return counts
+
+    def fit(self, requests: Sequence[Request]) -> LexicalVectoriser:
+        document_frequency = torch.zeros(self.buckets)
+        for request in requests:
+            document_frequency[list(self._counts(request_text(request)))] += 1
+        self.idf = torch.log((1 + len(requests)) / (1 + document_frequency)) + 1
+        return self
+
+    def transform(self, requests: Sequence[Request]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        bags = []
+        for request in requests:
+            counts = self._counts(request_text(request))
+            ids = torch.tensor(sorted(counts), dtype=torch.long)
+            weights = (1 + torch.log(torch.tensor([float(counts[i]) for i in ids.tolist()]))) * self.idf[ids]
+            bags.append((ids, weights / weights.norm().clamp_min(1e-12)))
+        return bags
+
+
+@dataclass
+class RequestFeatures:
+    """Per request: the pooled hidden state, and the hashed TF-IDF bag (ids and weights)."""
+
+    hidden: torch.Tensor
+    bags: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    def __getitem__(self, index) -> RequestFeatures:
+        rows = torch.as_tensor(index)
+        rows = rows.nonzero().flatten() if rows.dtype == torch.bool else rows.long().reshape(-1)
+        return RequestFeatures(self.hidden[rows], [self.bags[i] for i in rows.tolist()])
+
+    def bag_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids, offsets and per-id weights as nn.EmbeddingBag takes them."""
+        lengths = torch.tensor([len(ids) for ids, _ in self.bags], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+        ids = torch.cat([ids for ids, _ in self.bags]) if self.bags else torch.zeros(0, dtype=torch.long)
+        weights = torch.cat([w for _, w in self.bags]) if self.bags else torch.zeros(0)
+        return ids, offsets, weights
+
+    @staticmethod
+    def concat(parts: Sequence[RequestFeatures]) -> RequestFeatures:
+        return RequestFeatures(torch.cat([p.hidden for p in parts]), [bag for p in parts for bag in p.bags])
+
+
+def featurise(model, tokenizer, requests: Sequence[Request], vectoriser: LexicalVectoriser | None, settings: dict,
+              batch_size: int = 16, precision: str = "fp32", progress: bool = False) -> RequestFeatures:
+    """Both views of each request; `settings` holds layer, note_tokens and question_tokens."""
+    hidden = request_features(model, tokenizer, requests, settings["layer"], settings["note_tokens"],
+                              settings["question_tokens"], batch_size, precision, progress)
+    bags = vectoriser.transform(requests) if vectoriser is not None else [(torch.zeros(0, dtype=torch.long), torch.zeros(0))] * len(requests)
+    return RequestFeatures(hidden, bags)

@@ -1,0 +1,82 @@
+"""The routed system at serving time: base model + router + every routed expert, mixed per request.
+
+`medlora route` writes each record's routing (for auditing on one's own labelled notes); the
+registered router model also answers requests with the mixture its routes choose."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tasks.finetune.base_model import load_base, pick_device
+from tasks.finetune.examples import Request
+from tasks.finetune.inference import respond
+from tasks.finetune.predict import PredictionCounts, read_requests
+from tasks.finetune.train import resolve_precision
+from tasks.route.features import featurise
+from tasks.route.mixing import ExpertMixture
+from tasks.route.router import Router, mixing_weights
+
+
+class RoutedSystem:
+    def __init__(self, base_model: str, router_dir: Path, adapter_dirs: dict[str, Path], root: Path = Path("."),
+                 generation: dict | None = None):
+        """`adapter_dirs`: the PEFT adapter of each expert the router was trained with."""
+        self.router = Router.load(router_dir)
+        missing = [e for e in self.router.experts if e not in adapter_dirs]
+        if missing:
+            raise FileNotFoundError(f"{router_dir}: the router routes to {missing}, whose adapters were not given")
+        self.device = pick_device("auto")
+        self.precision = resolve_precision("auto", self.device)
+        self.tokenizer, base = load_base(base_model, root, self.device)
+        self.mixture = ExpertMixture.from_adapter_dirs(base, {e: adapter_dirs[e] for e in self.router.experts})
+        self.generation = {"max_new_tokens": 48, "batch_size": 8, **(generation or {})}
+
+    def route(self, requests: list[Request], progress: bool = False) -> list[dict]:
+        """Per request: the probability and the mixing weight of each expert, the most probable one,
+        and whether it falls back to the base model."""
+        if not requests:
+            return []
+        settings = self.router.settings
+        features = featurise(self.mixture.model, self.tokenizer, requests, self.router.vectoriser, settings,
+                             precision=self.precision, progress=progress)
+        probabilities = self.router.probabilities(features)
+        weights = mixing_weights(probabilities, settings.get("top_k", 1), settings.get("min_confidence", 0.0))
+        return [{"weights": {e: round(float(w), 6) for e, w in zip(self.router.experts, row_w)},
+                 "probabilities": {e: round(float(p), 6) for e, p in zip(self.router.experts, row_p)},
+                 "expert": self.router.experts[int(row_p.argmax())], "fallback": bool(row_w.sum() == 0)}
+                for row_p, row_w in zip(probabilities, weights)]
+
+    def respond(self, requests: list[Request], progress: bool = False) -> list[dict]:
+        """Routes, then answers each request with its own mixture of experts (rows of a batch differ)."""
+        routes = self.route(requests, progress)
+        weights = torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
+        settings = self.router.settings
+        responses: list[dict] = [{}] * len(requests)
+        for is_question, budget in ((False, settings["note_tokens"]), (True, settings["question_tokens"])):
+            rows = [i for i, r in enumerate(requests) if r.is_question == is_question]
+            if not rows:
+                continue
+            kind_weights = weights[rows]
+            answered = respond(self.mixture.model, self.tokenizer, [requests[i] for i in rows], budget,
+                               self.generation["max_new_tokens"], self.generation["batch_size"], progress,
+                               batch_context=lambda chunk, w=kind_weights: self.mixture.mixed(w[chunk], len(chunk)))
+            for row, response in zip(rows, answered):
+                responses[row] = response
+        return [response | {"route": route} for response, route in zip(responses, routes)]
+
+
+def route_file(system: RoutedSystem, input_path: Path, output_path: Path, progress: bool = True) -> PredictionCounts:
+    """One output line per input line, in order: `id` with `weights`, `probabilities`, `expert` and
+    `fallback`, or `id` with `error` naming the file, line and field."""
+    records, requests, errors = read_requests(input_path)
+    valid = [i for i, request in enumerate(requests) if request is not None]
+    routes = dict(zip(valid, system.route([requests[i] for i in valid], progress)))
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with output_path.open("w", encoding="utf-8") as out:
+        for index, record in enumerate(records):
+            line = {"id": record.get("id")} | (routes[index] if index in routes else {"error": errors[index]})
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return PredictionCounts(len(records), len(valid), len(records) - len(valid))

@@ -1,0 +1,204 @@
+"""The route stage's work as plain functions: build the routing problem from the validated notes and
+task data, train the configured router, score routing and the five downstream schemes, compose
+experts for specialties that have none, and write everything under models/router/."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tasks.evaluate.metrics import rouge_l
+from tasks.finetune.base_model import load_base, pick_device
+from tasks.finetune.inference import generate
+from tasks.finetune.train import resolve_precision
+from tasks.params import MULTITASK_EXPERT, Params
+from tasks.route.compose import compose
+from tasks.route.evaluate import routing_report
+from tasks.route.features import LexicalVectoriser, RequestFeatures, featurise
+from tasks.route.losses import MixtureLoss
+from tasks.route.mixing import ExpertMixture, merged_adapter_state, save_adapter
+from tasks.route.requests import (SPLITS, LabelledRequests, feature_settings, labelled_requests, routed_experts,
+                                  tokenized_examples)
+from tasks.route.router import Router, mixing_weights
+from tasks.route.strategies import STRATEGIES, RoutingProblem, TrainingLog
+
+ROUTER_DIR = Path("models/router")
+ROUTER_MODEL_DIR = ROUTER_DIR / "router"
+COMPOSED_DIR = ROUTER_DIR / "composed"
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class RoutingSetup:
+    """Everything the stage's steps share: the base model with every adapter installed, the requests
+    per split with their features and tokenized targets."""
+
+    params: Params
+    experts: list[str]             # what the router chooses among
+    mixture: ExpertMixture         # routed experts, then the multi-task adapter when there is one
+    tokenizer: object
+    requests: dict[str, LabelledRequests]
+    features: dict[str, RequestFeatures]
+    vectoriser: LexicalVectoriser | None
+    settings: dict
+    precision: str
+
+    def weights_over_mixture(self, routed: torch.Tensor) -> torch.Tensor:
+        """Weights over the routed experts, widened to every adapter in the mixture (others at 0)."""
+        full = torch.zeros(len(routed), len(self.mixture.names))
+        full[:, : len(self.experts)] = routed
+        return full
+
+    def labels(self, split: str) -> torch.Tensor:
+        return torch.tensor(self.requests[split].labels, dtype=torch.long)
+
+
+def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.DataFrame], progress: bool = True) -> RoutingSetup:
+    experts = routed_experts(params, adapters_dir)
+    if not experts:
+        raise FileNotFoundError(f"{adapters_dir}: no trained expert adapters to route among; run the finetune stage first")
+    device = pick_device(params.finetune.device)
+    tokenizer, base = load_base(params.base_model, root, device)
+    base.requires_grad_(False)
+    installed = experts + ([MULTITASK_EXPERT] if (adapters_dir / MULTITASK_EXPERT / "adapter_config.json").exists() else [])
+    mixture = ExpertMixture.from_adapter_dirs(base, {name: adapters_dir / name for name in installed})
+    requests = labelled_requests(params, root, notes, experts)
+    settings = feature_settings(params) | {"top_k": params.route.top_k, "min_confidence": params.route.min_confidence}
+    vectoriser = (LexicalVectoriser(params.route.lexical_buckets).fit(requests["train"].requests)
+                  if params.route.lexical_buckets else None)
+    precision = resolve_precision(params.finetune.precision, device)
+    features = {split: featurise(base, tokenizer, part.requests, vectoriser, settings, precision=precision, progress=progress)
+                for split, part in requests.items()}
+    return RoutingSetup(params, experts, mixture, tokenizer, requests, features, vectoriser, settings, precision)
+
+
+def train_router(setup: RoutingSetup, progress: bool = True) -> tuple[Router, TrainingLog, MixtureLoss | None]:
+    params = setup.params
+    train_loss = None
+    problem = RoutingProblem(setup.experts, setup.features["train"], setup.labels("train"), setup.features["val"],
+                             setup.labels("val"), setup.vectoriser, {**setup.settings, "strategy": params.route.strategy})
+    if params.route.strategy == "reinforce":
+        examples = tokenized_examples(params, setup.tokenizer, setup.requests["train"])
+        train_loss = MixtureLoss(setup.mixture, examples, setup.tokenizer.pad_token_id,
+                                 params.finetune.generation_batch_size, setup.precision)
+        # The routed experts come first in the mixture, so a subset of them indexes it as is.
+        problem.subset_losses = train_loss.subset_losses
+    router, log = STRATEGIES[params.route.strategy](problem, params.route, params.seed, progress)
+    return router, log, train_loss
+
+
+def route_requests(router: Router, features: RequestFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities over the experts and the mixing weights the router's settings give them."""
+    probabilities = router.probabilities(features)
+    return probabilities, mixing_weights(probabilities, router.settings.get("top_k", 1), router.settings.get("min_confidence", 0.0))
+
+
+def routing_evaluation(router: Router, setup: RoutingSetup, split: str = "test") -> dict:
+    """Routing accuracy, confusion and utilisation on held-out notes, and on held-out questions when there are any."""
+    part, features = setup.requests[split], setup.features[split]
+    labels = setup.labels(split)
+    probabilities, weights = route_requests(router, features)
+    result = {}
+    note_rows = [i for i, (r, label) in enumerate(zip(part.requests, labels.tolist())) if not r.is_question and label >= 0]
+    question_rows = [i for i, r in enumerate(part.requests) if r.is_question]
+    for name, rows in (("notes", note_rows), ("questions", question_rows)):
+        if rows:
+            result[name] = routing_report(probabilities[rows], weights[rows], labels[rows], setup.experts)
+    return result
+
+
+def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", limit: int = 0, generate_text: bool = True,
+                     progress: bool = True) -> list[dict]:
+    """Held-out target loss and ROUGE-L on labelled notes for: the base model, the multi-task adapter
+    (when trained), the router's mixture, the oracle expert (the note's own) and a uniform mix of the routed experts."""
+    params, part = setup.params, setup.requests[split]
+    rows = [i for i, (r, label) in enumerate(zip(part.requests, part.labels)) if not r.is_question and label >= 0]
+    if limit:
+        rows = sorted(random.Random(params.seed).sample(rows, min(limit, len(rows))))
+    if not rows:
+        return []
+    routed = len(setup.experts)
+    _, router_weights = route_requests(router, setup.features[split][rows])
+    oracle = torch.zeros(len(rows), routed)
+    oracle[torch.arange(len(rows)), torch.tensor([part.labels[i] for i in rows])] = 1.0
+    systems = {"base model": torch.zeros(len(rows), routed)}
+    if MULTITASK_EXPERT in setup.mixture.names:
+        systems["multi-task LoRA"] = None
+    systems |= {"router mixture": router_weights, "oracle expert": oracle,
+                "uniform mixture": torch.full((len(rows), routed), 1.0 / routed)}
+    examples = tokenized_examples(params, setup.tokenizer, LabelledRequests(
+        [part.requests[i] for i in rows], [part.targets[i] for i in rows], [part.labels[i] for i in rows], [part.groups[i] for i in rows]))
+    scorer = MixtureLoss(setup.mixture, examples, setup.tokenizer.pad_token_id, params.finetune.generation_batch_size, setup.precision)
+    table = []
+    for system, routed_weights in systems.items():
+        if routed_weights is None:
+            weights = torch.zeros(len(rows), len(setup.mixture.names))
+            weights[:, setup.mixture.names.index(MULTITASK_EXPERT)] = 1.0
+        else:
+            weights = setup.weights_over_mixture(routed_weights)
+        row = {"system": system, "notes": len(rows),
+               "target_loss": round(scorer.mean_loss(list(range(len(rows))), weights, progress, f"loss: {system}"), 5)}
+        if generate_text:
+            texts = mixture_generate(setup, [part.requests[i] for i in rows], weights, progress, f"summaries: {system}")
+            row["rouge_l"] = round(float(np.mean([rouge_l(t, part.targets[i]) for t, i in zip(texts, rows)])), 4)
+        table.append(row)
+    return table
+
+
+def mixture_generate(setup: RoutingSetup, requests: list, weights: torch.Tensor, progress: bool = False,
+                     description: str = "generating") -> list[str]:
+    settings = setup.params.finetune
+    return generate(setup.mixture.model, setup.tokenizer, requests, settings.max_source_tokens, settings.max_target_tokens,
+                    settings.generation_batch_size, progress, description,
+                    batch_context=lambda rows: setup.mixture.mixed(weights[rows], len(rows)))
+
+
+def compose_experts(setup: RoutingSetup, output_dir: Path, progress: bool = True) -> list[dict]:
+    """For each specialty in route.compose.specialties: search a mix of every adapter on `examples` of its
+    training notes, merge it into a PEFT adapter under output_dir/<name>, and score it on its held-out
+    notes against the base model and the uniform mix of the same adapters."""
+    params, settings = setup.params, setup.params.route.compose
+    results = []
+    for name in settings.specialties:
+        train_rows = setup.requests["train"].indices(name)
+        test_rows = setup.requests["test"].indices(name)
+        if not train_rows or not test_rows:
+            results.append({"expert": name, "skipped": f"needs training and held-out notes; has {len(train_rows)} and {len(test_rows)}"})
+            continue
+        shots = sorted(random.Random(params.seed).sample(train_rows, min(settings.examples, len(train_rows))))
+        shot_scorer = _scorer(setup, "train", shots)
+        everything = list(range(len(shots)))
+        composition = compose(name, setup.mixture.names,
+                              lambda w: shot_scorer.mean_loss(everything, torch.tensor(w, dtype=torch.float)),
+                              settings.budget, settings.l1, settings.bound, progress)
+        test_scorer = _scorer(setup, "test", test_rows)
+        held_out = list(range(len(test_rows)))
+        count = len(setup.mixture.names)
+        scores = {"base model": torch.zeros(count), "uniform mixture": torch.full((count,), 1.0 / count),
+                  "composed": torch.tensor(composition.weights)}
+        rows = [{"system": system, "target_loss": round(test_scorer.mean_loss(held_out, weights), 5)} for system, weights in scores.items()]
+        used = [(expert, w) for expert, w in zip(setup.mixture.experts, composition.weights) if w != 0]
+        state, config = merged_adapter_state([e for e, _ in used], [w for _, w in used])
+        save_adapter(state, config, output_dir / name)
+        record = {"expert": name, "examples": len(shots), "held_out_notes": len(test_rows), **asdict(composition), "held_out": rows}
+        (output_dir / name / "composition.json").write_text(json.dumps(record, indent=2))
+        results.append(record)
+    return results
+
+
+def _scorer(setup: RoutingSetup, split: str, rows: list[int]) -> MixtureLoss:
+    part = setup.requests[split]
+    chosen = LabelledRequests([part.requests[i] for i in rows], [part.targets[i] for i in rows],
+                              [part.labels[i] for i in rows], [part.groups[i] for i in rows])
+    return MixtureLoss(setup.mixture, tokenized_examples(setup.params, setup.tokenizer, chosen), setup.tokenizer.pad_token_id,
+                       setup.params.finetune.generation_batch_size, setup.precision)
+
+
+def read_notes(root: Path, validated_dir: Path) -> dict[str, pd.DataFrame]:
+    return {split: pd.read_parquet(root / validated_dir / f"{split}.parquet") for split in SPLITS}
