@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
                          help="registered model: NAME (latest version), NAME@ALIAS, NAME/VERSION or a models:/ URI")
     predict.add_argument("--input", required=True, type=Path, help="JSONL: id and text (a note), or id, question and context")
     predict.add_argument("--output", required=True, type=Path, help="JSONL: each input record plus prediction (and answer)")
+    route = commands.add_parser("route", help="the router's weight for each expert, per record (to audit routing)")
+    route.add_argument("--input", required=True, type=Path, help="JSONL: id and text (a note), or id, question and context")
+    route.add_argument("--output", required=True, type=Path,
+                       help="JSONL: id, weights and probabilities per expert, the most probable expert, fallback")
+    route.add_argument("--model", help="a registered router (NAME, NAME@ALIAS, NAME/VERSION or models:/ URI); "
+                                       "default: the one the route stage wrote under models/router")
+    route.add_argument("--merged-adapters", type=Path,
+                       help="also write each distinct route's mix as one merged PEFT adapter here, named in the output")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
@@ -38,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_deid_command(args, root)
     if args.command == "predict":
         return run_predict_command(args, root)
+    if args.command == "route":
+        return run_route_command(args, root)
 
     from flows.pipeline import pipeline_flow, print_summary, run_stage
 
@@ -139,6 +149,45 @@ def run_predict_command(args, root: Path) -> int:
         console.print(f"[red]error:[/red] {error}")
         return 2
     console.print(f"{counts.read} records read, {counts.predicted} predicted, {counts.rejected} rejected; wrote {args.output}")
+    if counts.rejected:
+        console.print(f"[yellow]{counts.rejected} records were rejected: their output lines carry an 'error' field[/yellow]")
+        return 1
+    return 0
+
+
+def run_route_command(args, root: Path) -> int:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from rich.console import Console
+
+    from tasks.finetune.predict import model_uri
+    from tasks.params import load_params
+    from tasks.route.serve import route_file
+
+    console = Console(stderr=True, soft_wrap=True)
+    params = load_params(root)
+    try:
+        if args.model:
+            from tasks.tracking import configure_tracking
+
+            configure_tracking(params, root)
+            system = mlflow.pyfunc.load_model(model_uri(args.model)).unwrap_python_model().system
+        else:
+            from flows.finetune import ADAPTERS_DIR
+            from tasks.route.serve import RoutedSystem
+            from tasks.route.stage import ROUTER_MODEL_DIR
+
+            experts = [*params.experts, *params.finetune.task_experts]
+            system = RoutedSystem(params.base_model, root / ROUTER_MODEL_DIR, {e: root / ADAPTERS_DIR / e for e in experts}, root)
+        counts = route_file(system, args.input, args.output, merged_dir=args.merged_adapters,
+                            cache_size=params.route.combination_cache, grid=params.route.combination_grid)
+    except MlflowException as error:
+        console.print(f"[red]error:[/red] cannot load {model_uri(args.model)}: {error.message}")
+        return 2
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    console.print(f"{counts.read} records read, {counts.predicted} routed, {counts.rejected} rejected; wrote {args.output}")
     if counts.rejected:
         console.print(f"[yellow]{counts.rejected} records were rejected: their output lines carry an 'error' field[/yellow]")
         return 1

@@ -21,7 +21,10 @@ def finished_project(tmp_path_factory, prefect_api):
 
     directory = tmp_path_factory.mktemp("medlora")
     questions = write_question_corpus(directory / "questions.json", count=40)
-    project = make_project(directory, overrides={"finetune": {"task_experts": {"pubmedqa": {"path": str(questions)}}}})
+    # Nephrology gets no trained expert: the route stage composes one from a few of its notes.
+    project = make_project(directory, overrides={"finetune": {"task_experts": {"pubmedqa": {"path": str(questions)}}},
+                                                 "experts": {"renal_uro": ["Urology"]},
+                                                 "route": {"compose": {"specialties": {"nephrology": ["Nephrology"]}}}})
     first = pipeline_flow(root=str(project))
     second = pipeline_flow(root=str(project))
     return project, first, second
@@ -29,7 +32,7 @@ def finished_project(tmp_path_factory, prefect_api):
 
 def test_every_stage_ran_then_was_reused(finished_project):
     _, first, second = finished_project
-    stages = ["corpus", "prepare_base", "ingest", "train_deid", "deidentify", "validate", "finetune", "register"]
+    stages = ["corpus", "prepare_base", "ingest", "train_deid", "deidentify", "validate", "finetune", "register", "route"]
     assert [r.stage for r in first] == stages and not any(r.reused for r in first)
     assert [r.stage for r in second] == stages and all(r.reused for r in second)
     ingest = next(r for r in first if r.stage == "ingest")
@@ -42,7 +45,7 @@ def test_one_registered_model_per_expert_tagged_with_commit_and_data_version(fin
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     data_version = next(o["md5"] for o in lock["stages"]["validate"]["outs"] if o["path"] == "data/validated")
-    assert params.trained_experts() == [*params.experts, "multitask", "pubmedqa"]
+    assert params.trained_experts() == ["multitask", *params.experts, "pubmedqa"]
     for expert in params.trained_experts():
         versions = client.search_model_versions(f"name='medlora-expert-{expert}'")
         assert len(versions) == 1
@@ -158,3 +161,70 @@ def test_predict_answers_notes_and_questions_and_reports_bad_lines(finished_proj
         assert results[4]["error"] == f"{source} line 5: field 'id' is missing"
     assert main(["--root", str(project), "predict", "--model", "medlora-expert-nope@champion",
                  "--input", str(source), "--output", str(output)]) == 2
+
+
+def test_route_stage_registers_the_router_with_its_evaluation_beside_the_experts(finished_project):
+    project, first, _ = finished_project
+    params = load_params(project)
+    evaluation = json.loads((project / "models" / "router" / "evaluation.json").read_text())
+    assert evaluation["experts"] == [*params.experts, "pubmedqa"]
+    assert [r["system"] for r in evaluation["downstream"]] == [
+        "base model", "multi-task LoRA", "router mixture", "oracle expert", "uniform mixture"]
+    assert all(r["target_loss"] > 0 and 0 <= r["rouge_l"] <= 1 for r in evaluation["downstream"])
+    notes = evaluation["routing"]["notes"]
+    assert sum(map(sum, notes["confusion"])) == notes["requests"] > 0
+    assert sum(notes["utilisation"]["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert len(evaluation["training"]["val_accuracy_per_epoch"]) > 0
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    version = client.search_model_versions("name='medlora-router'")
+    assert len(version) == 1
+    experts = json.loads(version[0].tags["experts"])
+    assert experts == {e: f"medlora-expert-{e}/1" for e in evaluation["experts"]}
+    run = client.get_run(version[0].run_id)
+    assert run.data.metrics["routing_accuracy_notes"] == notes["accuracy"]
+    assert {"target_loss_router_mixture", "rouge_l_oracle_expert", "utilisation_entropy_bits_notes"} <= set(run.data.metrics)
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion_notes.png", "plots/utilisation_notes.png", "plots/downstream.png"} <= plots
+
+    composed = {c["expert"]: c for c in evaluation["composed"]}
+    assert set(composed) == {"nephrology"}
+    nephrology = composed["nephrology"]
+    if "skipped" not in nephrology:  # the tiny corpus may leave no held-out nephrology note
+        assert client.search_model_versions("name='medlora-expert-nephrology'")[0].tags["kind"] == "composed"
+        assert [r["system"] for r in nephrology["held_out"]] == ["base model", "uniform mixture", "composed"]
+
+
+def test_route_command_writes_weights_per_record_and_flags_bad_lines(finished_project, tmp_path):
+    from flows.cli import main
+
+    project, _, _ = finished_project
+    experts = json.loads((project / "models" / "router" / "evaluation.json").read_text())["experts"]
+    records = [{"id": "n1", "text": "Knee pain after a fall; x-ray shows a tibial plateau fracture."},
+               {"id": "q1", "question": "Does aspirin lower mortality?", "context": "In 400 patients aspirin lowered mortality."},
+               {"id": "bad", "text": ""}]
+    source, output, merged = tmp_path / "notes.jsonl", tmp_path / "routes.jsonl", tmp_path / "merged"
+    source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    for model in ([], ["--model", "medlora-router"]):
+        assert main(["--root", str(project), "route", "--input", str(source), "--output", str(output),
+                     "--merged-adapters", str(merged), *model]) == 1
+        routes = [json.loads(line) for line in output.read_text().splitlines()]
+        assert [r["id"] for r in routes] == ["n1", "q1", "bad"]
+        for route in routes[:2]:
+            assert list(route["weights"]) == experts and sum(route["weights"].values()) == pytest.approx(1.0, abs=1e-4)
+            assert sum(w > 0 for w in route["weights"].values()) <= load_params(project).route.top_k
+            assert route["expert"] in experts and (merged / route["adapter"] / "adapter_model.safetensors").exists()
+        assert routes[2]["error"].startswith(f"{source} line 3:")
+
+
+def test_registered_router_answers_with_its_mixture(finished_project):
+    import mlflow
+
+    project, _, _ = finished_project
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/medlora-router/1")
+    answers = model.predict(pd.DataFrame([{"text": "Chest pain and dyspnea on exertion, echo ordered."},
+                                          {"question": "Does heparin reduce stroke?", "context": "Heparin reduced stroke in 300 adults."}]))
+    assert list(answers.columns) == ["prediction", "answer", "expert", "weights"]
+    assert answers.loc[1, "answer"] in ("yes", "no", "maybe")
+    assert sum(json.loads(answers.loc[0, "weights"]).values()) == pytest.approx(1.0, abs=1e-4)

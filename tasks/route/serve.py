@@ -5,6 +5,7 @@ registered router model also answers requests with the mixture its routes choose
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tasks.finetune.inference import respond
 from tasks.finetune.predict import PredictionCounts, read_requests
 from tasks.finetune.train import resolve_precision
 from tasks.route.features import featurise
-from tasks.route.mixing import ExpertMixture
+from tasks.route.mixing import CombinationCache, ExpertMixture, save_adapter
 from tasks.route.router import Router, mixing_weights
 
 
@@ -68,12 +69,33 @@ class RoutedSystem:
         return [response | {"route": route} for response, route in zip(responses, routes)]
 
 
-def route_file(system: RoutedSystem, input_path: Path, output_path: Path, progress: bool = True) -> PredictionCounts:
+def export_merged_adapters(system: RoutedSystem, routes: list[dict], directory: Path, cache: CombinationCache) -> None:
+    """Give each route the name of a PEFT adapter under `directory` that holds its mix merged (`cat`), for
+    engines that load one adapter per request (vLLM, LoRAX). Routes that round to the same weights share one."""
+    for route in routes:
+        weights = [route["weights"][e] for e in system.router.experts]
+        key = cache.key(weights)
+        if not any(key):
+            route["adapter"] = None  # the base model
+            continue
+        name = "mix-" + hashlib.sha1(json.dumps([system.router.experts, key]).encode()).hexdigest()[:12]
+        if not (directory / name).exists():
+            state, config = cache.merged(weights)
+            save_adapter(state, config, directory / name)
+            (directory / name / "mix.json").write_text(json.dumps(dict(zip(system.router.experts, key)), indent=2))
+        route["adapter"] = name
+
+
+def route_file(system: RoutedSystem, input_path: Path, output_path: Path, progress: bool = True,
+               merged_dir: Path | None = None, cache_size: int = 32, grid: float = 0.05) -> PredictionCounts:
     """One output line per input line, in order: `id` with `weights`, `probabilities`, `expert` and
-    `fallback`, or `id` with `error` naming the file, line and field."""
+    `fallback` (and `adapter` with `merged_dir`), or `id` with `error` naming the file, line and field."""
     records, requests, errors = read_requests(input_path)
     valid = [i for i, request in enumerate(requests) if request is not None]
-    routes = dict(zip(valid, system.route([requests[i] for i in valid], progress)))
+    routed = system.route([requests[i] for i in valid], progress)
+    if merged_dir is not None:
+        export_merged_adapters(system, routed, merged_dir, CombinationCache(system.mixture.experts, cache_size, grid))
+    routes = dict(zip(valid, routed))
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with output_path.open("w", encoding="utf-8") as out:
         for index, record in enumerate(records):

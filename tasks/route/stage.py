@@ -16,7 +16,7 @@ import torch
 from tasks.evaluate.metrics import rouge_l
 from tasks.finetune.base_model import load_base, pick_device
 from tasks.finetune.inference import generate
-from tasks.finetune.train import resolve_precision
+from tasks.finetune.train import autocast, resolve_precision
 from tasks.params import MULTITASK_EXPERT, Params
 from tasks.route.compose import compose
 from tasks.route.evaluate import routing_report
@@ -154,9 +154,11 @@ def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", l
 def mixture_generate(setup: RoutingSetup, requests: list, weights: torch.Tensor, progress: bool = False,
                      description: str = "generating") -> list[str]:
     settings = setup.params.finetune
-    return generate(setup.mixture.model, setup.tokenizer, requests, settings.max_source_tokens, settings.max_target_tokens,
-                    settings.generation_batch_size, progress, description,
-                    batch_context=lambda rows: setup.mixture.mixed(weights[rows], len(rows)))
+    device = next(setup.mixture.model.parameters()).device
+    with autocast(device, setup.precision):
+        return generate(setup.mixture.model, setup.tokenizer, requests, settings.max_source_tokens, settings.max_target_tokens,
+                        settings.generation_batch_size, progress, description,
+                        batch_context=lambda rows: setup.mixture.mixed(weights[rows], len(rows)))
 
 
 def compose_experts(setup: RoutingSetup, output_dir: Path, progress: bool = True) -> list[dict]:
