@@ -123,6 +123,25 @@ def test_early_stopping_keeps_the_best_adapter(tiny_root, tmp_path):
     assert (tmp_path / "early" / "adapter_model.safetensors").exists()
 
 
+def test_an_expert_can_start_from_another_adapter_and_keeps_it_unless_it_improves(tiny_root, tmp_path):
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    generalist, _ = train_expert_adapter("generalist", synthetic_pairs(24), synthetic_pairs(6, seed=3), tokenizer, base,
+                                         tiny_settings(max_steps=4, eval_every=2), tmp_path / "generalist", 0,
+                                         torch.device("cpu"), progress=False)
+    _, fresh = load_base("tiny-random", tiny_root)
+    # A learning rate that only makes things worse: the adapter it started from is what is saved.
+    report, model = train_expert_adapter("specialist", synthetic_pairs(12, seed=1), synthetic_pairs(6, seed=3), tokenizer, fresh,
+                                         tiny_settings(max_steps=4, eval_every=2, learning_rate=5.0), tmp_path / "specialist", 0,
+                                         torch.device("cpu"), progress=False, init_adapter=tmp_path / "generalist")
+    steps = [step for step, _ in report.val_loss_per_eval]
+    assert steps[0] == 0 and report.val_loss_per_eval[0][1] == pytest.approx(generalist.val_loss, rel=1e-4)
+    assert report.val_loss == min(loss for _, loss in report.val_loss_per_eval) == report.val_loss_per_eval[0][1]
+    from safetensors.torch import load_file
+
+    saved, start = (load_file(str(tmp_path / name / "adapter_model.safetensors")) for name in ("specialist", "generalist"))
+    assert saved.keys() == start.keys() and all(torch.equal(saved[k], start[k]) for k in saved)
+
+
 RESUMABLE_RUN = """
 import json, sys, torch
 from pathlib import Path

@@ -49,3 +49,15 @@ def test_cli_outside_a_project_says_where_params_are_expected(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--root", str(tmp_path), "run"])
     assert "params.yaml not found" in capsys.readouterr().err
+
+
+def test_specialising_from_the_multitask_adapter_needs_one():
+    with pytest.raises(ValueError, match="specialise_from_multitask needs finetune.multitask_expert"):
+        load_params(PROJECT, {"finetune": {"specialise_from_multitask": True, "multitask_expert": False}})
+
+
+def test_a_composed_expert_may_not_take_a_trained_experts_name_or_specialty():
+    with pytest.raises(ValueError, match="route.compose.specialties.orthopedic has the name of an expert"):
+        load_params(PROJECT, {"route": {"compose": {"specialties": {"orthopedic": ["ENT - Otolaryngology"]}}}})
+    with pytest.raises(ValueError, match="specialty 'Urology' is in experts 'renal_uro' and 'kidney'"):
+        load_params(PROJECT, {"route": {"compose": {"specialties": {"kidney": ["Urology"]}}}})
