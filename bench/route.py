@@ -81,13 +81,14 @@ def main() -> int:
     parser.add_argument("--notes", type=int, default=0, help="held-out notes per downstream scheme (0: all)")
     parser.add_argument("--no-generation", action="store_true", help="downstream target loss only, no ROUGE-L")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--feature-cache", type=Path, help="keep the routing features in this file between runs")
     args = parser.parse_args()
     root = args.root.resolve()
     params = load_params(root)
     console = Console(width=150)
     started = time.perf_counter()
     notes = read_notes(root, VALIDATED_DIR)
-    setup = prepare(params, root, args.adapters or root / ADAPTERS_DIR, notes)
+    setup = prepare(params, root, args.adapters or root / ADAPTERS_DIR, notes, feature_cache=args.feature_cache)
     console.print(f"features of {sum(len(p.requests) for p in setup.requests.values())} requests: {time.perf_counter() - started:.0f} s")
 
     results = {"experts": setup.experts, "routing": {}, "baselines": tfidf_baselines(notes, list(params.experts))}

@@ -156,9 +156,10 @@ class FinetuneParams(Strict):
 
 class ContrastiveParams(Strict):
     queue_size: int = Field(64, ge=1)         # past embeddings remembered per expert
-    hidden_size: int = Field(256, ge=1)
-    embedding_size: int = Field(128, ge=2)
+    hidden_size: int = Field(128, ge=1)
+    embedding_size: int = Field(64, ge=2)
     temperature: float = Field(0.1, gt=0)
+    epochs: int = Field(30, ge=1)
 
 
 class ReinforceParams(Strict):
@@ -190,11 +191,11 @@ class RouteParams(Strict):
     lexical_buckets: int = Field(65536, ge=0) # hashed TF-IDF of the words, the other feature (0: hidden states only)
     top_k: int = Field(2, ge=1)               # experts mixed per request, their weights renormalised
     min_confidence: float = Field(0.0, ge=0, le=1)   # below this top probability a request gets the base model
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(200, ge=1)            # supervised: L-BFGS iterations
     batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(0.003, gt=0)
-    hidden_l2: float = Field(0.04, ge=0)      # L2 penalty on the weights that read the hidden state ...
-    lexical_l2: float = Field(2e-5, ge=0)     # ... and on those that read the word buckets
+    learning_rate: float = Field(0.003, gt=0) # contrastive (Adam)
+    hidden_l2: float = Field(0.3, ge=0)       # L2 penalty on the weights that read the hidden state ...
+    lexical_l2: float = Field(1e-5, ge=0)     # ... and on those that read the word buckets
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     contrastive: ContrastiveParams = ContrastiveParams()
     reinforce: ReinforceParams = ReinforceParams()

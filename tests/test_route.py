@@ -167,7 +167,7 @@ def test_lexical_vectoriser_is_stable_and_unit_length():
 @pytest.mark.parametrize("strategy", ["supervised", "contrastive"])
 def test_labelled_strategies_learn_to_route_topics(routing_problem, strategy):
     params = RouteParams(epochs=30, batch_size=16, learning_rate=0.01, hidden_l2=0.01, lexical_l2=1e-4,
-                         contrastive={"queue_size": 8, "hidden_size": 16, "embedding_size": 8})
+                         contrastive={"queue_size": 8, "hidden_size": 16, "embedding_size": 8, "epochs": 30})
     untrained = Router.for_features(EXPERTS, routing_problem.train_features, routing_problem.vectoriser, "linear")
     router, log = STRATEGIES[strategy](routing_problem, params, seed=3)
     assert accuracy(router, routing_problem.val_features, routing_problem.val_labels) >= 0.9
@@ -176,7 +176,7 @@ def test_labelled_strategies_learn_to_route_topics(routing_problem, strategy):
 
 
 def test_contrastive_prototypes_are_unit_vectors(routing_problem):
-    params = RouteParams(epochs=3, batch_size=16, contrastive={"queue_size": 4, "hidden_size": 16, "embedding_size": 8})
+    params = RouteParams(batch_size=16, contrastive={"queue_size": 4, "hidden_size": 16, "embedding_size": 8, "epochs": 3})
     router, _ = STRATEGIES["contrastive"](routing_problem, params, seed=0)
     assert torch.allclose(router.scorer.prototypes.norm(dim=-1), torch.ones(len(EXPERTS)), atol=1e-5)
 

@@ -86,7 +86,8 @@ class MixedLoRALinear(nn.Module):
         if weights is None:
             return out
         column_weights = weights[:, self.column_expert] * self.column_scaling  # (batch, total rank)
-        hidden = F.linear(x, self.lora_a) * column_weights.unsqueeze(1).to(x.dtype if x.dtype.is_floating_point else torch.float)
+        hidden = F.linear(x, self.lora_a)
+        hidden = hidden * column_weights.unsqueeze(1).to(hidden.dtype)  # x: (batch, tokens, features)
         return out + F.linear(hidden, self.lora_b).to(out.dtype)
 
 

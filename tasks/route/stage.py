@@ -59,7 +59,9 @@ class RoutingSetup:
         return torch.tensor(self.requests[split].labels, dtype=torch.long)
 
 
-def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.DataFrame], progress: bool = True) -> RoutingSetup:
+def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.DataFrame], progress: bool = True,
+            feature_cache: Path | None = None) -> RoutingSetup:
+    """`feature_cache`: a file to keep the features in between runs of a benchmark (written when absent)."""
     experts = routed_experts(params, adapters_dir)
     if not experts:
         raise FileNotFoundError(f"{adapters_dir}: no trained expert adapters to route among; run the finetune stage first")
@@ -73,8 +75,13 @@ def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.
     vectoriser = (LexicalVectoriser(params.route.lexical_buckets).fit(requests["train"].requests)
                   if params.route.lexical_buckets else None)
     precision = resolve_precision(params.finetune.precision, device)
-    features = {split: featurise(base, tokenizer, part.requests, vectoriser, settings, precision=precision, progress=progress)
-                for split, part in requests.items()}
+    if feature_cache is not None and feature_cache.exists():
+        features = torch.load(feature_cache, weights_only=False)
+    else:
+        features = {split: featurise(base, tokenizer, part.requests, vectoriser, settings, precision=precision, progress=progress)
+                    for split, part in requests.items()}
+        if feature_cache is not None:
+            torch.save(features, feature_cache)
     return RoutingSetup(params, experts, mixture, tokenizer, requests, features, vectoriser, settings, precision)
 
 

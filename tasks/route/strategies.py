@@ -74,7 +74,8 @@ def _keep_best(router: Router, problem: RoutingProblem, log: TrainingLog, epoch:
 
 def supervised(problem: RoutingProblem, params: RouteParams, seed: int, progress: bool = False) -> tuple[Router, TrainingLog]:
     """Multinomial logistic regression on both views: convex, so solved to the optimum with full-batch
-    L-BFGS rather than approached with noisy minibatches; `epochs` bounds its iterations in tens."""
+    L-BFGS rather than approached with noisy minibatches; `epochs` is the number of L-BFGS iterations,
+    taken in rounds of ten with the validation accuracy checked after each round."""
     labelled = problem.train_labels != NO_LABEL
     features, labels = problem.train_features[labelled], problem.train_labels[labelled]
     if not len(labels):
@@ -92,7 +93,8 @@ def supervised(problem: RoutingProblem, params: RouteParams, seed: int, progress
         return loss
 
     router.train()
-    for epoch in tqdm(range(1, params.epochs // 10 + 2), desc="router (supervised)", unit="x10 iterations", disable=not progress):
+    rounds = math.ceil(params.epochs / 10)
+    for epoch in tqdm(range(1, rounds + 1), desc="router (supervised)", unit="round", disable=not progress):
         log.loss_per_epoch.append(round(float(optimizer.step(objective).detach()), 5))
         _keep_best(router, problem, log, epoch, best)
     router.load_state_dict(best["state"])
@@ -132,7 +134,7 @@ def contrastive(problem: RoutingProblem, params: RouteParams, seed: int, progres
     generator = torch.Generator().manual_seed(seed)
     log, best = TrainingLog(), {}
     standardised = router.standardise(features.hidden)
-    for epoch in tqdm(range(1, params.epochs + 1), desc="router (contrastive)", unit="epoch", disable=not progress):
+    for epoch in tqdm(range(1, settings.epochs + 1), desc="router (contrastive)", unit="epoch", disable=not progress):
         router.train()
         total = 0.0
         for batch in _minibatches(len(labels), params.batch_size, generator):
