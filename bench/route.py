@@ -9,6 +9,7 @@ Run after `medlora run` in a project whose input is MTSamples (see docs/BENCHMAR
 - routing: accuracy on the held-out notes of the expert groups (test split of data/validated) for
   supervised, contrastive and reinforce routers, for the supervised router on each view alone, and
   for TF-IDF + logistic regression (scikit-learn defaults, and with C chosen on the validation split);
+  beside each router, the held-out target loss under its mixes;
 - downstream: target loss and ROUGE-L on the same notes for base, multi-task, router, oracle, uniform;
 - composition: for each specialty given with --compose (read from input.path, which must be the
   MTSamples CSV: those notes are outside the expert groups, so the pipeline quarantined them), 5
@@ -35,6 +36,7 @@ from flows.finetune import ADAPTERS_DIR  # noqa: E402
 from flows.validate import VALIDATED_DIR  # noqa: E402
 from tasks.finetune.examples import Request  # noqa: E402
 from tasks.params import load_params  # noqa: E402
+from tasks.route.features import RequestFeatures  # noqa: E402
 from tasks.route.stage import compose_experts, downstream_table, prepare, read_notes, routing_evaluation, train_router  # noqa: E402
 from tasks.route.strategies import NO_LABEL, STRATEGIES  # noqa: E402
 
@@ -80,6 +82,7 @@ def main() -> int:
     parser.add_argument("--compose", nargs="*", default=[], help="MTSamples specialties with no expert to compose one for")
     parser.add_argument("--notes", type=int, default=0, help="held-out notes per downstream scheme (0: all)")
     parser.add_argument("--no-generation", action="store_true", help="downstream target loss only, no ROUGE-L")
+    parser.add_argument("--no-downstream", action="store_true", help="routing accuracy only")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--feature-cache", type=Path, help="keep the routing features in this file between runs")
     args = parser.parse_args()
@@ -93,34 +96,42 @@ def main() -> int:
 
     results = {"experts": setup.experts, "routing": {}, "baselines": tfidf_baselines(notes, list(params.experts))}
     routers = {}
-    vectoriser = setup.vectoriser
-    # (name, strategy, settings changed, lexical view kept); a huge L2 on the hidden-state weights leaves the bag alone.
-    variants = [(name, name, {}, True) for name in STRATEGIES] + [
-        ("supervised, hidden state only", "supervised", {}, False),
-        ("supervised, TF-IDF bag only", "supervised", {"hidden_l2": 1e6}, True)]
-    for name, strategy, change, lexical in variants:
-        setup.params = params.model_copy(update={"route": params.route.model_copy(update={"strategy": strategy, **change})})
+    vectoriser, features = setup.vectoriser, setup.features
+    # (name, strategy, lexical view kept, hidden view kept)
+    variants = [(name, name, True, True) for name in STRATEGIES] + [
+        ("supervised, hidden state only", "supervised", False, True),
+        ("supervised, TF-IDF bag only", "supervised", True, False)]
+    for name, strategy, lexical, hidden in variants:
+        setup.params = params.model_copy(update={"route": params.route.model_copy(update={"strategy": strategy})})
         setup.vectoriser = vectoriser if lexical else None
+        setup.features = features if hidden else {s: RequestFeatures(torch.zeros_like(f.hidden), f.bags) for s, f in features.items()}
         began = time.perf_counter()
         router, log, _ = train_router(setup)
+        seconds = round(time.perf_counter() - began, 1)
         evaluation = routing_evaluation(router, setup)
-        results["routing"][name] = {"accuracy": evaluation["notes"]["accuracy"], "seconds": round(time.perf_counter() - began, 1),
+        results["routing"][name] = {"accuracy": evaluation["notes"]["accuracy"], "seconds": seconds,
                                     "utilisation": evaluation["notes"]["utilisation"], "confusion": evaluation["notes"]["confusion"],
                                     "question_accuracy": evaluation.get("questions", {}).get("accuracy")}
+        if not args.no_downstream:
+            rows = downstream_table(router, setup, limit=args.notes, generate_text=False, progress=False, systems=["router mixture"])
+            results["routing"][name]["router_target_loss"] = rows[0]["target_loss"]
         routers[name] = router
-    setup.vectoriser = vectoriser
+    setup.vectoriser, setup.features = vectoriser, features
     setup.params = params
 
     table = Table(title=f"routing accuracy on {evaluation['notes']['requests']} held-out notes ({len(params.experts)} groups)")
-    for column in ("router", "accuracy", "questions", "utilisation entropy (bits)", "train s"):
+    for column in ("router", "accuracy", "questions", "utilisation entropy (bits)", "held-out target loss", "train s"):
         table.add_column(column)
     for name, row in results["routing"].items():
         table.add_row(name, f"{row['accuracy']:.3f}", str(row["question_accuracy"]),
-                      f"{row['utilisation']['entropy_bits']:.2f} / {row['utilisation']['max_entropy_bits']:.2f}", str(row["seconds"]))
+                      f"{row['utilisation']['entropy_bits']:.2f} / {row['utilisation']['max_entropy_bits']:.2f}",
+                      str(row.get("router_target_loss", "")), str(row["seconds"]))
     for name, accuracy in results["baselines"].items():
-        table.add_row(name, f"{accuracy:.3f}", "", "", "")
+        table.add_row(name, f"{accuracy:.3f}", "", "", "", "")
     console.print(table)
 
+    if args.no_downstream:
+        return finish(results, args, started)
     chosen = params.route.strategy
     results["downstream"] = downstream_table(routers[chosen], setup, limit=args.notes, generate_text=not args.no_generation)
     table = Table(title=f"downstream on held-out notes (router: {chosen}, top_k={params.route.top_k})")
@@ -146,6 +157,10 @@ def main() -> int:
                 table.add_row(row["system"], f"{row['target_loss']:.4f}")
             console.print(table)
             console.print("weights: " + ", ".join(f"{e} {w:+.2f}" for e, w in zip(composed["experts"], composed["weights"])))
+    return finish(results, args, started)
+
+
+def finish(results: dict, args, started: float) -> int:
     results["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

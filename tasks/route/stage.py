@@ -121,9 +121,10 @@ def routing_evaluation(router: Router, setup: RoutingSetup, split: str = "test")
 
 
 def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", limit: int = 0, generate_text: bool = True,
-                     progress: bool = True) -> list[dict]:
+                     progress: bool = True, systems: list[str] | None = None) -> list[dict]:
     """Held-out target loss and ROUGE-L on labelled notes for: the base model, the multi-task adapter
-    (when trained), the router's mixture, the oracle expert (the note's own) and a uniform mix of the routed experts."""
+    (when trained), the router's mixture, the oracle expert (the note's own) and a uniform mix of the
+    routed experts (or only the `systems` named)."""
     params, part = setup.params, setup.requests[split]
     rows = [i for i, (r, label) in enumerate(zip(part.requests, part.labels)) if not r.is_question and label >= 0]
     if limit:
@@ -134,16 +135,18 @@ def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", l
     _, router_weights = route_requests(router, setup.features[split][rows])
     oracle = torch.zeros(len(rows), routed)
     oracle[torch.arange(len(rows)), torch.tensor([part.labels[i] for i in rows])] = 1.0
-    systems = {"base model": torch.zeros(len(rows), routed)}
+    schemes = {"base model": torch.zeros(len(rows), routed)}
     if MULTITASK_EXPERT in setup.mixture.names:
-        systems["multi-task LoRA"] = None
-    systems |= {"router mixture": router_weights, "oracle expert": oracle,
+        schemes["multi-task LoRA"] = None
+    schemes |= {"router mixture": router_weights, "oracle expert": oracle,
                 "uniform mixture": torch.full((len(rows), routed), 1.0 / routed)}
     examples = tokenized_examples(params, setup.tokenizer, LabelledRequests(
         [part.requests[i] for i in rows], [part.targets[i] for i in rows], [part.labels[i] for i in rows], [part.groups[i] for i in rows]))
     scorer = MixtureLoss(setup.mixture, examples, setup.tokenizer.pad_token_id, params.finetune.generation_batch_size, setup.precision)
     table = []
-    for system, routed_weights in systems.items():
+    for system, routed_weights in schemes.items():
+        if systems is not None and system not in systems:
+            continue
         if routed_weights is None:
             weights = torch.zeros(len(rows), len(setup.mixture.names))
             weights[:, setup.mixture.names.index(MULTITASK_EXPERT)] = 1.0
