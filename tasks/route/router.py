@@ -126,6 +126,11 @@ class Router(nn.Module):
         self.eval()
         return self.forward(features).softmax(-1)
 
+    def route(self, features: RequestFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probabilities over the experts, and the mixing weights its settings (top_k, min_confidence) give them."""
+        probabilities = self.probabilities(features)
+        return probabilities, mixing_weights(probabilities, self.settings.get("top_k", 1), self.settings.get("min_confidence", 0.0))
+
     def save(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / ROUTER_WEIGHTS))

@@ -18,7 +18,7 @@ from tasks.finetune.predict import PredictionCounts, read_requests
 from tasks.finetune.train import resolve_precision
 from tasks.route.features import featurise
 from tasks.route.mixing import CombinationCache, ExpertMixture, save_adapter
-from tasks.route.router import Router, mixing_weights
+from tasks.route.router import Router
 
 
 class RoutedSystem:
@@ -43,8 +43,7 @@ class RoutedSystem:
         settings = self.router.settings
         features = featurise(self.mixture.model, self.tokenizer, requests, self.router.vectoriser, settings,
                              precision=self.precision, progress=progress)
-        probabilities = self.router.probabilities(features)
-        weights = mixing_weights(probabilities, settings.get("top_k", 1), settings.get("min_confidence", 0.0))
+        probabilities, weights = self.router.route(features)
         return [{"weights": {e: round(float(w), 6) for e, w in zip(self.router.experts, row_w)},
                  "probabilities": {e: round(float(p), 6) for e, p in zip(self.router.experts, row_p)},
                  "expert": self.router.experts[int(row_p.argmax())], "fallback": bool(row_w.sum() == 0)}

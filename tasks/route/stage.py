@@ -25,7 +25,7 @@ from tasks.route.losses import MixtureLoss
 from tasks.route.mixing import ExpertMixture, merged_adapter_state, save_adapter
 from tasks.route.requests import (SPLITS, LabelledRequests, feature_settings, labelled_requests, routed_experts,
                                   tokenized_examples)
-from tasks.route.router import Router, mixing_weights
+from tasks.route.router import Router
 from tasks.route.strategies import STRATEGIES, RoutingProblem, TrainingLog
 
 ROUTER_DIR = Path("models/router")
@@ -100,17 +100,11 @@ def train_router(setup: RoutingSetup, progress: bool = True) -> tuple[Router, Tr
     return router, log, train_loss
 
 
-def route_requests(router: Router, features: RequestFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities over the experts and the mixing weights the router's settings give them."""
-    probabilities = router.probabilities(features)
-    return probabilities, mixing_weights(probabilities, router.settings.get("top_k", 1), router.settings.get("min_confidence", 0.0))
-
-
 def routing_evaluation(router: Router, setup: RoutingSetup, split: str = "test") -> dict:
     """Routing accuracy, confusion and utilisation on held-out notes, and on held-out questions when there are any."""
     part, features = setup.requests[split], setup.features[split]
     labels = setup.labels(split)
-    probabilities, weights = route_requests(router, features)
+    probabilities, weights = router.route(features)
     result = {}
     note_rows = [i for i, (r, label) in enumerate(zip(part.requests, labels.tolist())) if not r.is_question and label >= 0]
     question_rows = [i for i, r in enumerate(part.requests) if r.is_question]
@@ -132,7 +126,7 @@ def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", l
     if not rows:
         return []
     routed = len(setup.experts)
-    _, router_weights = route_requests(router, setup.features[split][rows])
+    _, router_weights = router.route(setup.features[split][rows])
     oracle = torch.zeros(len(rows), routed)
     oracle[torch.arange(len(rows)), torch.tensor([part.labels[i] for i in rows])] = 1.0
     schemes = {"base model": torch.zeros(len(rows), routed)}
