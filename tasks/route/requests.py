@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.finetune.examples import Request, TokenizedExample, tokenize_example
-from tasks.finetune.expert_data import expert_records
+from tasks.finetune.expert_data import expert_records, note_pairs
 from tasks.params import Params
 from tasks.route.strategies import NO_LABEL
 
@@ -44,9 +44,7 @@ def labelled_requests(params: Params, root: Path, notes: dict[str, pd.DataFrame]
     parts = {split: LabelledRequests() for split in notes}
     for split, frame in notes.items():
         for group in params.note_groups():
-            rows = frame[frame["expert"] == group]
-            pairs = [(Request(text=text), target) for text, target in zip(rows["text"], rows["target"])]
-            parts[split].add(pairs, group, experts.index(group) if group in experts else NO_LABEL)
+            parts[split].add(note_pairs(frame[frame["expert"] == group]), group, experts.index(group) if group in experts else NO_LABEL)
     for task in params.finetune.task_experts:
         if task in experts:
             for split, pairs in expert_records(params, task, {s: None for s in notes}, root).items():
@@ -59,7 +57,8 @@ def feature_settings(params: Params) -> dict:
     (questions with the first task expert's budget)."""
     tasks = list(params.finetune.task_experts)
     question_tokens = params.finetune.for_expert(tasks[0]).max_source_tokens if tasks else params.finetune.max_source_tokens
-    return {"layer": params.route.layer, "lexical_buckets": params.route.lexical_buckets, "note_tokens": params.finetune.max_source_tokens, "question_tokens": question_tokens}
+    return {"layer": params.route.layer, "lexical_buckets": params.route.lexical_buckets,
+            "note_tokens": params.finetune.max_source_tokens, "question_tokens": question_tokens}
 
 
 def tokenized_examples(params: Params, tokenizer, requests: LabelledRequests) -> list[TokenizedExample]:
