@@ -127,51 +127,58 @@ def run_deid_command(args, root: Path) -> int:
     return 0
 
 
-def run_predict_command(args, root: Path) -> int:
-    import mlflow
+def _run_batch_command(work, uri: str | None, verb: str, output: Path) -> int:
+    """Run `work()` (it returns PredictionCounts) and report: 0 done, 1 some lines rejected, 2 nothing done
+    because the model or the input could not be loaded."""
     from mlflow.exceptions import MlflowException
     from rich.console import Console
 
-    from tasks.finetune.predict import model_uri, predict_file
-    from tasks.params import load_params
-    from tasks.tracking import configure_tracking
-
     console = Console(stderr=True, soft_wrap=True)
-    configure_tracking(load_params(root), root)
-    uri = model_uri(args.model)
     try:
-        expert = mlflow.pyfunc.load_model(uri).unwrap_python_model()
-        counts = predict_file(expert, args.input, args.output)
+        counts = work()
     except MlflowException as error:
         console.print(f"[red]error:[/red] cannot load {uri}: {error.message}")
         return 2
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    console.print(f"{counts.read} records read, {counts.predicted} predicted, {counts.rejected} rejected; wrote {args.output}")
+    console.print(f"{counts.read} records read, {counts.predicted} {verb}, {counts.rejected} rejected; wrote {output}")
     if counts.rejected:
         console.print(f"[yellow]{counts.rejected} records were rejected: their output lines carry an 'error' field[/yellow]")
         return 1
     return 0
 
 
+def run_predict_command(args, root: Path) -> int:
+    import mlflow
+
+    from tasks.finetune.predict import model_uri, predict_file
+    from tasks.params import load_params
+    from tasks.tracking import configure_tracking
+
+    configure_tracking(load_params(root), root)
+    uri = model_uri(args.model)
+    return _run_batch_command(
+        lambda: predict_file(mlflow.pyfunc.load_model(uri).unwrap_python_model(), args.input, args.output),
+        uri, "predicted", args.output)
+
+
 def run_route_command(args, root: Path) -> int:
     import mlflow
-    from mlflow.exceptions import MlflowException
-    from rich.console import Console
 
     from tasks.finetune.predict import model_uri
     from tasks.params import load_params
     from tasks.route.serve import route_file
 
-    console = Console(stderr=True, soft_wrap=True)
     params = load_params(root)
-    try:
-        if args.model:
+    uri = model_uri(args.model) if args.model else None
+
+    def route():
+        if uri:
             from tasks.tracking import configure_tracking
 
             configure_tracking(params, root)
-            system = mlflow.pyfunc.load_model(model_uri(args.model)).unwrap_python_model().system
+            system = mlflow.pyfunc.load_model(uri).unwrap_python_model().system
         else:
             from flows.finetune import ADAPTERS_DIR
             from tasks.route.serve import RoutedSystem
@@ -179,19 +186,10 @@ def run_route_command(args, root: Path) -> int:
 
             experts = [*params.experts, *params.finetune.task_experts]
             system = RoutedSystem(params.base_model, root / ROUTER_MODEL_DIR, {e: root / ADAPTERS_DIR / e for e in experts}, root)
-        counts = route_file(system, args.input, args.output, merged_dir=args.merged_adapters,
-                            cache_size=params.route.combination_cache, grid=params.route.combination_grid)
-    except MlflowException as error:
-        console.print(f"[red]error:[/red] cannot load {model_uri(args.model)}: {error.message}")
-        return 2
-    except (FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        return 2
-    console.print(f"{counts.read} records read, {counts.predicted} routed, {counts.rejected} rejected; wrote {args.output}")
-    if counts.rejected:
-        console.print(f"[yellow]{counts.rejected} records were rejected: their output lines carry an 'error' field[/yellow]")
-        return 1
-    return 0
+        return route_file(system, args.input, args.output, merged_dir=args.merged_adapters,
+                          cache_size=params.route.combination_cache, grid=params.route.combination_grid)
+
+    return _run_batch_command(route, uri, "routed", args.output)
 
 
 if __name__ == "__main__":

@@ -127,14 +127,13 @@ def register_router(router_dir: Path, adapter_dirs: dict[str, Path], params: Par
     and the routed system as a pyfunc model, registered as `<prefix>-router` and tagged with the
     registered versions of the experts it was trained with."""
     from tasks.register.router_model import ADAPTER_ARTIFACT_PREFIX, RoutedExpertsModel
-    from tasks.route.router import Router
 
-    router = Router.load(router_dir)
+    experts = evaluation["experts"]
     name = router_name(params)
     route = params.route
     with mlflow.start_run(run_name="router", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"medlora.stage": "route", "medlora.strategy": route.strategy, **versions})
-        mlflow.log_params({"strategy": route.strategy, "experts": ",".join(router.experts), "layer": route.layer,
+        mlflow.log_params({"strategy": route.strategy, "experts": ",".join(experts), "layer": route.layer,
                            "lexical_buckets": route.lexical_buckets, "top_k": route.top_k, "min_confidence": route.min_confidence,
                            "epochs": route.epochs, "batch_size": route.batch_size, "learning_rate": route.learning_rate,
                            "hidden_l2": route.hidden_l2, "lexical_l2": route.lexical_l2, "base_model_setting": params.base_model,
@@ -154,7 +153,7 @@ def register_router(router_dir: Path, adapter_dirs: dict[str, Path], params: Par
             name="model",
             python_model=RoutedExpertsModel(),
             artifacts={"router": str(router_dir),
-                       **{f"{ADAPTER_ARTIFACT_PREFIX}{e}": str(adapter_dirs[e]) for e in router.experts}},
+                       **{f"{ADAPTER_ARTIFACT_PREFIX}{e}": str(adapter_dirs[e]) for e in experts}},
             model_config={"base_model": base_model_location, "max_new_tokens": params.finetune.max_target_tokens,
                           "batch_size": params.finetune.generation_batch_size},
             pip_requirements=["torch", "transformers", "peft", "pandas", "safetensors"],
