@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "default: the one the route stage wrote under models/router")
     route.add_argument("--merged-adapters", type=Path,
                        help="also write each distinct route's mix as one merged PEFT adapter here, named in the output")
+    from tasks.review.cli import add_review_commands
+
+    add_review_commands(commands)
+    promote = commands.add_parser("promote", help="run the promotion gate on the last evaluation, or roll back")
+    promote.add_argument("--batch", help="review batch (default: the last evaluation's)")
+    promote.add_argument("--rollback", action="store_true", help="give `champion` back to each model's `previous` version")
+    promote.add_argument("--model", action="append", help="with --rollback: only this registered model (repeatable)")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
@@ -48,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_predict_command(args, root)
     if args.command == "route":
         return run_route_command(args, root)
+    if args.command == "review":
+        from tasks.params import load_params
+        from tasks.review.cli import run_review_command
+        from tasks.review.project import open_store
+
+        return run_review_command(args, root, open_store(load_params(root), root))
+    if args.command == "promote":
+        return run_promote_command(args, root)
 
     from flows.pipeline import pipeline_flow, print_summary, run_stage
 
@@ -190,6 +205,27 @@ def run_route_command(args, root: Path) -> int:
                           cache_size=params.route.combination_cache, grid=params.route.combination_grid)
 
     return _run_batch_command(route, uri, "routed", args.output)
+
+
+def run_promote_command(args, root: Path) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.promote import promote_flow, rollback_flow
+
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        rows = rollback_flow(root=str(root), models=args.model) if args.rollback else promote_flow(root=str(root), batch=args.batch)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    table = Table(title="rollback" if args.rollback else "promotion gate")
+    for column in rows[0] if rows else ["model"]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console(width=160).print(table)
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from flows.corpus import corpus_flow
 from flows.deidentify import deidentify_flow
+from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.prepare_base import prepare_base_flow
@@ -32,6 +33,7 @@ STAGE_FLOWS = {
     "finetune": finetune_flow,
     "register": register_flow,
     "route": route_flow,
+    "evaluate": evaluate_flow,
 }
 
 

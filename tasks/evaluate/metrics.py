@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 WORD = re.compile(r"[a-z0-9]+")
@@ -42,3 +43,33 @@ def macro_f1(predictions: list[str], labels: list[str], classes: tuple[str, ...]
         predicted, actual = predictions.count(cls), labels.count(cls)
         scores.append(2 * true_positive / (predicted + actual) if predicted + actual else 0.0)
     return sum(scores) / len(scores)
+
+
+def perplexity(summed_losses: list[float], token_counts: list[int]) -> float:
+    """exp of the mean next-token loss over every target token (not the mean of per-example perplexities)."""
+    tokens = sum(token_counts)
+    return math.exp(sum(summed_losses) / tokens) if tokens else float("nan")
+
+
+def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = 10) -> float:
+    """Sum over equal-width confidence bins of |accuracy - mean confidence|, weighted by the bin's share."""
+    if not confidences:
+        return float("nan")
+    error = 0.0
+    for low in range(bins):
+        members = [i for i, c in enumerate(confidences)
+                   if low / bins < c <= (low + 1) / bins or (low == 0 and c == 0)]
+        if members:
+            accuracy_in_bin = sum(correct[i] for i in members) / len(members)
+            confidence_in_bin = sum(confidences[i] for i in members) / len(members)
+            error += len(members) / len(confidences) * abs(accuracy_in_bin - confidence_in_bin)
+    return error
+
+
+def separation_auroc(signal: list[float], wrong: list[bool]) -> float | None:
+    """How well a higher `signal` picks out wrong answers (0.5: not at all); None without both kinds."""
+    if len(set(wrong)) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(wrong, signal))

@@ -20,6 +20,11 @@ class ExpertAdapterModel(mlflow.pyfunc.PythonModel):
         self.tokenizer, base = load_base(config["base_model"], device=self.device)
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
 
+    def evaluation_engine(self):
+        from tasks.evaluate.scoring import AdapterEngine
+
+        return AdapterEngine(self.model, self.tokenizer)
+
     def respond(self, requests, progress: bool = False) -> list[dict]:
         from tasks.finetune.inference import respond
 

@@ -22,6 +22,9 @@ class RoutedExpertsModel(mlflow.pyfunc.PythonModel):
                                    generation={"max_new_tokens": int(config.get("max_new_tokens", 48)),
                                                "batch_size": int(config.get("batch_size", 8))})
 
+    def evaluation_engine(self):
+        return self.system
+
     def route(self, requests, progress: bool = False) -> list[dict]:
         return self.system.route(requests, progress)
 

@@ -35,6 +35,16 @@ class RoutedSystem:
         self.mixture = ExpertMixture.from_adapter_dirs(base, {e: adapter_dirs[e] for e in self.router.experts})
         self.generation = {"max_new_tokens": 48, "batch_size": 8, **(generation or {})}
 
+    @property
+    def model(self):
+        return self.mixture.model
+
+    def batch_context(self, requests: list[Request]):
+        """Routes every request once; each batch then runs with its rows' mixes (what evaluation scores)."""
+        routes = self.route(list(requests))
+        weights = torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
+        return lambda rows: self.mixture.mixed(weights[rows], len(rows))
+
     def route(self, requests: list[Request], progress: bool = False) -> list[dict]:
         """Per request: the probability and the mixing weight of each expert, the most probable one,
         and whether it falls back to the base model."""
