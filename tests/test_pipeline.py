@@ -71,8 +71,17 @@ def test_no_gold_phi_reaches_deidentified_data_or_registered_artifacts(finished_
     leaked = [(row, value) for row, text, target in zip(deid["source_row"], deid["text"], deid["target"])
               for value in gold_by_row[row] if _mentions(value, f"{text}\n{target}".lower())]
     assert leaked == []
+    # The review queue holds de-identified notes, surrogates included: checked per note like the data above.
+    from tasks.review.project import open_store
+
+    row_of = dict(zip(deid["note_id"], deid["source_row"]))
+    items = [i for i in open_store(load_params(project), project).items() if i.request_id in row_of]
+    assert items
+    leaked = [(i.id, value) for i in items for value in gold_by_row[row_of[i.request_id]]
+              if _mentions(value, f"{i.input_text}\n{i.output_text}\n{i.reference}".lower())]
+    assert leaked == []
     outside_phi_zone = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".yml", ".txt", ".MLmodel", ".db")
-                        and not {"raw", "base", ".dvc", ".git"} & set(p.parts)]  # base: the tokenizer's vocabulary
+                        and p.name != "reviews.db" and not {"raw", "base", ".dvc", ".git"} & set(p.parts)]  # base: the tokenizer's vocabulary
     blob = " ".join(p.read_text(errors="ignore").lower() for p in outside_phi_zone)
     every_value = {v for values in gold_by_row.values() for v in values if len(v) > 3}
     assert sorted(v for v in every_value if _mentions(v, blob)) == []
@@ -251,7 +260,9 @@ def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_
     assert store.latest_batch() == evaluation["batch"]
     summary = store.summary(evaluation["batch"])
     assert set(summary) == {c["key"] for c in evaluation["candidates"] if "skipped" not in c}
-    assert all(row["pending"] == row["items"] == params.review.items_per_candidate for row in summary.values())
+    requests = {c["key"]: c["metrics"]["requests"] for c in evaluation["candidates"] if "skipped" not in c}
+    assert all(row["pending"] == row["items"] == min(params.review.items_per_candidate, requests[key])
+               for key, row in summary.items())
     for key in summary:  # flagged outputs are sampled before random ones
         sampled = [item.sampled for item in sorted(store.items(candidate=key), key=lambda i: i.id)]
         assert sampled == sorted(sampled)
