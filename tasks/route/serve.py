@@ -41,9 +41,11 @@ class RoutedSystem:
 
     def batch_context(self, requests: list[Request]):
         """Routes every request once; each batch then runs with its rows' mixes (what evaluation scores)."""
-        routes = self.route(list(requests))
-        weights = torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
+        weights = self._weights(self.route(list(requests)))
         return lambda rows: self.mixture.mixed(weights[rows], len(rows))
+
+    def _weights(self, routes: list[dict]) -> torch.Tensor:
+        return torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
 
     def route(self, requests: list[Request], progress: bool = False) -> list[dict]:
         """Per request: the probability and the mixing weight of each expert, the most probable one,
@@ -62,7 +64,7 @@ class RoutedSystem:
     def respond(self, requests: list[Request], progress: bool = False) -> list[dict]:
         """Routes, then answers each request with its own mixture of experts (rows of a batch differ)."""
         routes = self.route(requests, progress)
-        weights = torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
+        weights = self._weights(routes)
         settings = self.router.settings
         responses: list[dict] = [{}] * len(requests)
         for is_question, budget in ((False, settings["note_tokens"]), (True, settings["question_tokens"])):
