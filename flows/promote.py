@@ -30,9 +30,8 @@ def read_evaluation(root: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def gate_decisions(root: Path, params, batch: str | None = None) -> list[Decision]:
-    """The gate's decision for every candidate of the last evaluation, against its review batch."""
-    evaluation = read_evaluation(root)
+def gate_decisions(root: Path, params, evaluation: dict, batch: str | None = None) -> list[Decision]:
+    """The gate's decision for every candidate of the evaluation, against its review batch."""
     batch = batch or evaluation["batch"]
     if batch != evaluation["batch"]:
         raise ValueError(f"review batch {batch} is not the last evaluation's ({evaluation['batch']}); "
@@ -49,14 +48,15 @@ def promote_flow(root: str = ".", batch: str | None = None) -> list[dict]:
     root = Path(root).resolve()
     params = load_params(root)
     configure_tracking(params, root)
-    decisions = gate_decisions(root, params, batch)
+    evaluation = read_evaluation(root)
+    decisions = gate_decisions(root, params, evaluation, batch)
     client = MlflowClient()
     moved = [promote(client, d) for d in decisions]
     rows = [d.as_row() | {"champion": m["champion"], "previous": m["previous"]} for d, m in zip(decisions, moved)]
     for row in rows:
         logger.info("%s v%s: %s (%s)", row["model"], row["version"], row["decision"], row["reasons"])
     with mlflow.start_run(run_name="promotion"):
-        mlflow.set_tags({"medlora.stage": "promote", "medlora.review_batch": read_evaluation(root)["batch"]})
+        mlflow.set_tags({"medlora.stage": "promote", "medlora.review_batch": evaluation["batch"]})
         mlflow.log_metrics({"promoted": sum(d.promote for d in decisions), "kept_out": sum(not d.promote for d in decisions)})
         mlflow.log_table(pd.DataFrame(decision_table(decisions)), "promotion_decision.json")
         mlflow.log_dict({"decisions": rows}, "promotion.json")

@@ -13,7 +13,7 @@ import pandas as pd
 from tasks.evaluate.adversarial import perturb
 from tasks.evaluate.clinical_terms import critical_errors
 from tasks.evaluate.metrics import accuracy, expected_calibration_error, macro_f1, perplexity, rouge_l, separation_auroc
-from tasks.evaluate.scoring import Engine, scored_answers, scored_generate, target_token_losses
+from tasks.evaluate.scoring import AdapterEngine, Engine, scored_answers, scored_generate, target_token_losses
 from tasks.finetune.examples import ANSWERS, Request, answer_of, tokenize_example
 from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
 from tasks.params import MULTITASK_EXPERT, Params
@@ -98,13 +98,17 @@ def score_items(engine: Engine, items: list[HeldOutItem], params: Params, with_l
         by_budget.setdefault(_budgets(params, item), []).append(index)
     for (source_tokens, new_tokens), rows in by_budget.items():
         requests = [items[i].request for i in rows]
-        texts = scored_generate(engine, requests, source_tokens, new_tokens, batch_size, progress, f"{label} outputs".strip())
+        context = engine.batch_context(requests)  # once: a router routes the requests here
+        fixed = AdapterEngine(engine.model, engine.tokenizer, context)
+        texts = scored_generate(fixed, requests, source_tokens, new_tokens, batch_size, progress, f"{label} outputs".strip())
         losses = [(None, 0)] * len(rows)
         if with_losses:
             examples = [tokenize_example(engine.tokenizer, items[i].request, items[i].target, source_tokens, new_tokens) for i in rows]
-            losses = target_token_losses(engine, requests, examples, batch_size)
+            losses = target_token_losses(fixed, requests, examples, batch_size)
         question_rows = [k for k, i in enumerate(rows) if items[i].is_question]
-        answers = dict(zip(question_rows, scored_answers(engine, [requests[k] for k in question_rows], source_tokens, batch_size)))
+        question_context = (lambda chunk: context([question_rows[r] for r in chunk])) if context else None
+        answers = dict(zip(question_rows, scored_answers(AdapterEngine(engine.model, engine.tokenizer, question_context),
+                                                         [requests[k] for k in question_rows], source_tokens, batch_size)))
         for k, index in enumerate(rows):
             item, generated = items[index], texts[k]
             errors = [f"{e.kind.replace('_', ' ')}: {e.term}" for e in critical_errors(item.source, generated.text)]

@@ -36,13 +36,15 @@ class Engine(Protocol):
 
 @dataclass
 class AdapterEngine:
-    """A base model, or a base model with one PEFT adapter."""
+    """A base model, or a base model with one PEFT adapter; `context`, when given, is a batch context
+    already computed for the requests to be scored (so that a router routes them once)."""
 
     model: torch.nn.Module
     tokenizer: object
+    context: BatchContext | None = None
 
     def batch_context(self, requests: Sequence[Request]) -> BatchContext | None:
-        return None
+        return self.context
 
 
 @dataclass
