@@ -78,15 +78,21 @@ def main(argv: list[str] | None = None) -> int:
 def add_deid_commands(commands) -> None:
     deid = commands.add_parser("deid", help="PHI detection on its own: train, detect, evaluate")
     actions = deid.add_subparsers(dest="action", required=True)
-    actions.add_parser("train", help="train the PHI token model on the corpora in params.yaml")
+    train = actions.add_parser("train", help="rebuild the PHI token model from the corpora in params.yaml (and your own)")
+    train.add_argument("--add", action="append", type=Path, default=[], metavar="JSONL",
+                       help="also train on these annotated notes (note_id, text, patient_id, spans), e.g. your hospital's")
+    train.add_argument("--skip-missing", action="store_true",
+                       help="train without configured corpora that are absent (the model will be weaker)")
+    cv = actions.add_parser("cv", help="cross-validate the whole training procedure, grouped by patient")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--workers", type=int, default=1, help="outer folds trained in parallel (each takes one core)")
+    cv.add_argument("--report", type=Path, default=Path("models/deid/cv_report.json"), help="where the figures go (JSON)")
     detect = actions.add_parser("detect", help="write the PHI spans of every note of a file")
     detect.add_argument("--input", required=True, type=Path, help="JSONL with note_id, text and optionally patient_id")
     detect.add_argument("--output", required=True, type=Path, help="JSONL: note_id and spans (start, end, entity_type, score)")
     evaluate = actions.add_parser("evaluate", help="binary token-level recall, precision and F2 against gold PHI")
     evaluate.add_argument("--gold", required=True, type=Path, help="PhysioNet deid directory, presidio-evaluator JSON or JSONL with spans")
     evaluate.add_argument("--format", default="auto", choices=["auto", "physionet", "presidio", "jsonl", "sample"])
-    evaluate.add_argument("--part", default="heldout", choices=["heldout", "train", "all"],
-                          help="for a corpus the model trains on: the held-out patients (default), the training ones, or all")
     evaluate.add_argument("--spans", type=Path, help="score these detected spans (from `deid detect`) instead of detecting now")
     evaluate.add_argument("--types", default="auto", choices=["auto", "hipaa", "all"],
                           help="hipaa: only gold types HIPAA names (the default for presidio-evaluator data)")
@@ -107,38 +113,67 @@ def run_deid_command(args, root: Path) -> int:
 
     params = load_params(root).deidentify
     console = Console(stderr=True, soft_wrap=True)
-    if args.action == "train":
-        from tasks.deidentify.training import train_and_save
-
-        console.print_json(json.dumps(train_and_save(params, root)))
-        return 0
     from tasks.deidentify.corpora import CorpusFormatError, read_corpus
     from tasks.deidentify.harness import detect_texts, evaluate_corpus, write_spans
 
     try:
+        if args.action in ("train", "cv"):
+            return _run_deid_training(args, params, root, console)
         if args.action == "detect":
             notes = read_corpus(args.input, "jsonl")
             write_spans(args.output, notes, detect_texts([n.text for n in notes], params, root, args.workers))
             console.print(f"wrote PHI spans of {len(notes)} notes to {args.output}")
             return 0
-        result = evaluate_corpus(args.gold, args.format, params, root, args.part, args.spans, args.types, args.workers,
+        result = evaluate_corpus(args.gold, args.format, params, root, args.spans, args.types, args.workers,
                                  threshold=args.threshold)
     except (CorpusFormatError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
-    table = Table(title=f"{result['corpus']}: {result['part']}, {result['notes']} notes, {result['types']}")
+    if result["trained_on"]:
+        console.print("[yellow]the model was trained on these notes: the figures are optimistic; "
+                      "`medlora deid cv` measures notes of patients it never saw[/yellow]")
+    print_scores(f"{result['corpus']}: {result['notes']} notes, {result['types']}", result)
+    if args.report:
+        args.report.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def print_scores(title: str, scores: dict) -> None:
+    """Token-level recall, precision and F2, and recall per gold type, as two tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("recall", "precision", "F2", "PHI tokens", "false positives"):
         table.add_column(column, justify="right")
-    table.add_row(*(str(result[k]) for k in ("recall", "precision", "f2", "phi_tokens", "false_positives")))
+    table.add_row(*(str(scores[k]) for k in ("recall", "precision", "f2", "phi_tokens", "false_positives")))
     by_type = Table(title="recall by gold type")
     by_type.add_column("type")
     by_type.add_column("tokens", justify="right")
     by_type.add_column("recall", justify="right")
-    for entity_type, recall in result["recall_by_type"].items():
-        by_type.add_row(entity_type, str(result["tokens_by_type"][entity_type]), str(recall))
+    for entity_type, recall in scores["recall_by_type"].items():
+        by_type.add_row(entity_type, str(scores["tokens_by_type"][entity_type]), str(recall))
     Console().print(table, by_type)
-    if args.report:
-        args.report.write_text(json.dumps(result, indent=2))
+
+
+def _run_deid_training(args, params, root: Path, console) -> int:
+    import json
+
+    from tasks.deidentify.crossval import cross_validate, write_report
+    from tasks.deidentify.training import check_sources, train_and_save, with_added_notes
+
+    if args.action == "cv":
+        check_sources(params.model, root, skip_missing=False)
+        report = cross_validate(params, root, args.folds, args.workers)
+        write_report(report, root / args.report)
+        for corpus, scores in report["corpora"].items():
+            print_scores(f"{corpus}: {args.folds}-fold cross-validation, pooled out of fold, {scores['types']}", scores)
+        console.print(f"wrote {args.report}")
+        return 0
+    params = with_added_notes(params, args.add)
+    check_sources(params.model, root, args.skip_missing)
+    console.print_json(json.dumps(train_and_save(params, root)))
+    console.print(f"wrote {params.model.path} and its model card")
     return 0
 
 

@@ -8,7 +8,7 @@ from prefect import flow, task
 
 from flows.ingest import INGESTED_DIR
 from flows.stage_runtime import stage_run
-from tasks.deidentify.engine import deidentify_notes
+from tasks.deidentify.engine import deidentify_notes, require_token_model
 from tasks.deidentify.surrogates import load_or_create_key
 
 DEID_DIR = Path("data/deid")
@@ -16,6 +16,8 @@ DEID_DIR = Path("data/deid")
 
 @task(persist_result=False)
 def deidentify(root: Path, params) -> dict:
+    if params.deidentify.use_model:
+        require_token_model(root / params.deidentify.model.path)
     notes = pd.read_parquet(root / INGESTED_DIR / "notes.parquet")
     key = load_or_create_key(root, os.environ.get("MEDLORA_DEID_KEY"))
     deidentified, stats = deidentify_notes(notes, params.deidentify, key, root)

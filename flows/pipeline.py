@@ -18,7 +18,6 @@ from flows.ingest import ingest_flow
 from flows.prepare_base import prepare_base_flow
 from flows.register import register_flow
 from flows.route import route_flow
-from flows.train_deid import train_deid_flow
 from flows.validate import validate_flow
 from tasks.params import load_params
 from tasks.stages import StageReport, push_outputs, record_stage, stale_stages
@@ -27,7 +26,6 @@ STAGE_FLOWS = {
     "corpus": corpus_flow,
     "prepare_base": prepare_base_flow,
     "ingest": ingest_flow,
-    "train_deid": train_deid_flow,
     "deidentify": deidentify_flow,
     "validate": validate_flow,
     "finetune": finetune_flow,

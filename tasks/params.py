@@ -37,12 +37,12 @@ class InputParams(Strict):
 
 
 class DeidSource(Strict):
-    """An annotated corpus for the PHI token model; `holdout` is the share of patients kept for evaluation."""
+    """An annotated corpus for the PHI token model (trained on in full; `medlora deid cv` measures it)."""
 
     path: str = ""
     format: Literal["auto", "physionet", "presidio", "jsonl", "sample", "synthetic"] = "auto"
-    holdout: float = Field(0.0, ge=0, lt=1)
     weight: float = Field(1.0, gt=0)  # each note of this corpus counts this many times in training (rounded)
+    resynthesis: int = Field(0, ge=0)  # copies of each note with its gold PHI replaced by other values of its kind
     calibrate: bool = False  # the decision threshold is set for the target recall on this corpus
     notes: int = Field(400, ge=1)  # synthetic only
     seed: int = 101  # synthetic only
@@ -57,6 +57,8 @@ class DeidModelParams(Strict):
     l1: float = Field(0.2, ge=0)    # CRF regularisation (crfsuite's c1, c2)
     l2: float = Field(0.05, ge=0)
     iterations: int = Field(100, ge=1)
+    resynthesis_case_flip: float = Field(0.2, ge=0, le=1)  # share of re-synthesized copies upper- or lower-cased
+    seed: int = 17
 
 
 class DeidentifyParams(Strict):

@@ -42,6 +42,7 @@ def make_project(directory: Path, preset: str = "tiny", overrides: dict | None =
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT / name, directory / name)
     shutil.copytree(PROJECT / "tasks", directory / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PROJECT / "models" / "deid", directory / "models" / "deid")  # the shipped PHI token model
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params = deep_merge(params, yaml.safe_load((PROJECT / "presets" / f"{preset}.yaml").read_text()))
     params = deep_merge(params, overrides or {})
@@ -73,16 +74,15 @@ def sample_corpus():
     return generate_corpus(notes=80, patients=30, seed=7)
 
 
-@pytest.fixture(scope="session")
-def deid_params(tmp_path_factory):
-    """De-identify params whose PHI token model is trained here, on our synthetic notes only (seconds)."""
-    from tasks.deidentify.training import train_and_save
-    from tasks.params import DeidentifyParams, DeidModelParams, DeidSource
+SHIPPED_DEID_MODEL = PROJECT / "models" / "deid" / "token_model.joblib"
 
-    path = tmp_path_factory.mktemp("deid") / "token_model.joblib"
-    params = DeidentifyParams(model=DeidModelParams(path=str(path), sources=[DeidSource(format="synthetic", notes=120, seed=5)]))
-    train_and_save(params, PROJECT, progress=False)
-    return params
+
+@pytest.fixture(scope="session")
+def deid_params():
+    """De-identify params with the PHI token model that ships with medlora (what a fresh clone uses)."""
+    from tasks.params import DeidentifyParams, DeidModelParams
+
+    return DeidentifyParams(model=DeidModelParams(path=str(SHIPPED_DEID_MODEL)))
 
 
 def write_question_corpus(path: Path, count: int, seed: int = 0) -> Path:

@@ -216,27 +216,14 @@ def test_deid_detect_then_evaluate_from_the_command_line(cli_root, capsys):
     assert "missing.json: not found" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def default_params(tmp_path_factory):
-    """The project's own deidentify params and a model trained on their sources (about 90 s)."""
-    from tasks.deidentify.training import train_and_save
-    from tasks.params import load_params
-
-    shared_corpus("physionet-deid")
-    params = load_params(PROJECT).deidentify
-    path = tmp_path_factory.mktemp("deid-default") / "token_model.joblib"
-    params = params.model_copy(update={"model": params.model.model_copy(update={"path": str(path)})})
-    train_and_save(params, PROJECT, progress=False)
-    return params
-
-
-def test_held_out_physionet_recall_and_presidio_f2(default_params):
-    """Regression guard on the figures in the README (PhysioNet recall 0.968, one token short of 0.97, precision
-    0.766; retraining moves each by about 0.005)."""
+def test_shipped_model_reads_the_corpora_it_was_trained_on(deid_params):
+    """A guard on the shipped model and the detector around it (optimistic figures: these are its training notes;
+    `medlora deid cv` gives the honest ones, recorded in models/deid/MODEL_CARD.md)."""
     from tasks.deidentify.harness import evaluate_corpus
 
-    physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", default_params, PROJECT, workers=2, progress=False)
-    assert physionet["notes"] < 973 and physionet["recall"] >= 0.96 and physionet["precision"] >= 0.74
-    synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", default_params, PROJECT,
+    physionet = evaluate_corpus(shared_corpus("physionet-deid"), "physionet", deid_params, PROJECT, workers=2, progress=False)
+    assert physionet["trained_on"] is False  # deid_params names no sources; the shipped card does
+    assert physionet["recall"] >= 0.99 and physionet["precision"] >= 0.35
+    synth = evaluate_corpus(shared_corpus("presidio-synth/synth_dataset_v2.json"), "presidio", deid_params, PROJECT,
                             workers=2, progress=False)
-    assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.85
+    assert synth["types"] == "HIPAA types" and synth["f2"] >= 0.9

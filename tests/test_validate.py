@@ -6,7 +6,8 @@ from tasks.validate.cleanse import cleanse_text
 from tasks.validate.duplicates import duplicate_clusters
 from tasks.validate.gate import run_gate
 from tasks.validate.split import GROUPED_BY, split_grouped, values_crossing_splits
-from tasks.validate.suite import gate_failure_message, run_suite
+from tasks.validate.residual_phi import unissued_dates
+from tasks.validate.suite import gate_failure_message, holds_unissued_date, run_suite
 from tests.conftest import shared_corpus
 
 NOTE = "Patient seen in clinic for a kidney stone; hydration and pain control advised, follow up in two weeks. "
@@ -20,6 +21,13 @@ def corpus(texts, experts=("renal_uro",)):
         "specialty": "Urology", "expert": [experts[i % len(experts)] for i in range(len(texts))],
         "source_row": list(range(1, len(texts) + 1)),
     })
+
+
+def tag_dates(text: str) -> str:
+    """`text` with its dates tagged, as de-identification in tag mode writes them."""
+    for start, end in reversed(unissued_dates(text)):
+        text = text[:start] + "<DATE>" + text[end:]
+    return text
 
 
 def stored_text(directory) -> str:
@@ -154,11 +162,14 @@ def test_mtsamples_duplicates_across_specialties_are_reported_and_kept_in_one_sp
     blocked = run_gate(notes, params, experts, tmp_path / "gx", 0, "mtsamples.csv")
     assert "residual PHI [phone] in row" in blocked.error and "(note 1791)" in blocked.error
     assert "263-0829" not in blocked.error
-    notes["text"] = notes["text"].str.replace(r"\d{3}-\d{3}-\d{4}", "555-555-0100", regex=True)
+    # Its dates are real ones as far as the gate knows (none was issued), so the notes holding them are quarantined.
+    assert blocked.counts["quarantined_residual_date"] > 1000
+    notes["text"] = notes["text"].str.replace(r"\d{3}-\d{3}-\d{4}", "555-555-0100", regex=True).map(tag_dates)
+    notes["target"] = notes["target"].map(tag_dates)
     result = run_gate(notes, params, experts, tmp_path / "gx", 0, "mtsamples.csv")
     assert result.passed, result.error
     # The figures in docs/BENCHMARKS.md (pytest -s).
-    print("MTSamples gate counts:", result.counts, result.quarantined["expectation"].value_counts().to_dict())
+    print("MTSamples gate counts:", blocked.counts, result.counts, result.quarantined["expectation"].value_counts().to_dict())
     # Most transcriptions are filed twice: under their specialty and under a broader one such as Surgery.
     assert result.counts["duplicate_clusters_across_specialties"] > 1000
     assert all(values_crossing_splits(result.splits, column) == set() for column in GROUPED_BY)
@@ -198,3 +209,71 @@ def test_a_record_number_that_is_no_issued_surrogate_fails_the_gate(tmp_path):
     message = gate_failure_message(outcome, notes, "data/deid/notes.parquet")
     assert "expect_column_values_to_be_in_set[mrn] on column 'has_record_number'" in message
     assert "residual PHI [mrn] in row 2 (note n2)" in message and "44712" not in message
+
+
+def test_an_unissued_date_fails_the_gate_naming_row_and_expectation_not_value(tmp_path):
+    notes = corpus([f"{NOTE} Seen on 10/12/2019 for follow-up, visit {i}." for i in range(6)])
+    notes["surrogate_dates"] = [["10/12/2019"]] * 6
+    assert run_suite(notes, ValidateParams(), ["renal_uro"], tmp_path / "gx").success
+    notes.loc[3, "surrogate_dates"] = []  # the detector missed this one
+    outcome = run_suite(notes, ValidateParams(), ["renal_uro"], tmp_path / "gx")
+    message = gate_failure_message(outcome, notes, "data/deid/notes.parquet")
+    assert "expect_column_values_to_be_in_set[date] on column 'has_date'" in message
+    assert "residual PHI [date] in row 3 (note n3)" in message
+    assert "10/12" not in message and "10/12/2019" not in stored_text(tmp_path / "gx")
+
+
+def test_a_residual_date_is_quarantined_by_row_and_expectation_and_counts_add_up(tmp_path):
+    notes = corpus([NOTE + f"visit {i}" for i in range(12)])
+    notes.loc[5, "text"] = NOTE + "She was admitted on October 12, 2019 with flank pain."
+    notes["surrogate_dates"] = [[] for _ in range(12)]
+    result = run_gate(notes, ValidateParams(), ["renal_uro"], tmp_path / "gx", seed=0, source="notes.parquet")
+    assert result.passed, result.error
+    assert result.counts["quarantined"] == result.counts["quarantined_residual_date"] == 1
+    assert result.counts["read"] == result.counts["kept"] + result.counts["quarantined"] == 12
+    reason = result.quarantined["reason"].iloc[0]
+    assert reason.startswith("row 6 (note n5): expect_column_values_to_be_in_set[date] on column 'has_date'")
+    assert "October" not in reason and "2019" not in reason
+
+
+@pytest.mark.parametrize("date", ["10/12", "10/12/19", "10/12/2019", "10-12-19", "2019-10-12", "Oct 12", "12 Oct 2019",
+                                  "October 12, 2019", "October 2019", "10/2019", "in 2019", "on 3/4", "since Sept. 3rd"])
+def test_every_usual_date_form_is_caught(date):
+    assert unissued_dates(f"Renal ultrasound {date} showed a 6 mm stone.")
+
+
+@pytest.mark.parametrize("text", [
+    "Pain 5/10 at rest, 2-3/10 after ketorolac.", "Motor 4/5 in the left leg, 2/6 systolic murmur.",  # scores, grades
+    "Give 3/4 of the dose tonight.", "BP 120/80, HR 72.", "BP 12/8 on the monitor.", "PEEP 5/10 on the vent.",  # vitals
+    "Take 1/2 tab at night.", "Running 2/3 NS at 80.", "Percocet 10/325 mg every 6 hours.",  # doses and ratios
+    "Ranges 13/45 and 40/17-24 and 12.9/21.9 recorded.",  # not a valid month/day
+    "Turned at 10:30 and 2000 hrs, voided at 0400.",  # clock times
+    "Discussed the plan; patient may 2 weeks off work.",  # "may", the verb
+])
+def test_what_only_looks_like_a_date_passes(text):
+    assert unissued_dates(text) == []
+
+
+def test_every_surrogate_date_de_identification_issues_passes_the_date_check():
+    from tasks.deidentify.surrogates import PatientSurrogates
+
+    shifter = PatientSurrogates(b"test-key", "p1", (-365, -30), set())
+    originals = ["10/12/2019", "10-12-2019", "10/12/19", "10.12.2019", "2019-10-12", "October 12, 2019", "Oct 12, 2019",
+                 "12 October 2019", "October 2019"]
+    issued = [shifter.shift_date(d) for d in originals]
+    assert None not in issued
+    text = "; ".join(f"seen {d}" for d in issued)
+    assert unissued_dates(text, issued) == []
+    assert len(unissued_dates(text)) == len(issued)  # the same dates, unissued, are caught
+
+
+def test_de_identification_records_the_dates_it_issued_and_its_output_passes():
+    from tasks.deidentify.engine import deidentify_notes
+    from tasks.params import DeidentifyParams
+
+    notes = corpus(["Admitted 03/14/2021 with a kidney stone. Lithotripsy on 03/16/2021, discharged the next day. " + NOTE])
+    out, _ = deidentify_notes(notes, DeidentifyParams(use_model=False), b"test-key", progress=False)  # rules only
+    assert "03/14/2021" not in out["text"][0] and len(out["surrogate_dates"][0]) == 2
+    assert all(d in out["text"][0] for d in out["surrogate_dates"][0])
+    assert holds_unissued_date(out) == [False]
+    assert holds_unissued_date(out.assign(surrogate_dates=[[]])) == [True]

@@ -162,8 +162,11 @@ class TokenModelRecognizer(EntityRecognizer):
     def analyze(self, text, entities, nlp_artifacts=None):
         named_results = recognizer_results(text, nlp_artifacts, self.evidence_recognizers)
         evidence = collect_evidence(nlp_artifacts, named_results, self.trusted_rule_score)
-        # Context rules this sure of themselves ("MRN: 123", "Dr. Smith", "93-year-old") stand on their own.
-        trusted = [r for name, r in named_results if name in TRUSTED_RULE_RECOGNIZERS and is_sure(name, r, self.trusted_rule_score)]
+        # Precise structured patterns, and context rules this sure of themselves ("MRN: 123", "Dr. Smith",
+        # "93-year-old"), stand on their own.
+        # (As new results: Presidio drops results whose metadata names a recognizer the analyzer did not run.)
+        trusted = [RecognizerResult(r.entity_type, r.start, r.end, r.score) for name, r in named_results
+                   if is_sure(name, r, self.trusted_rule_score)]
         predicted = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in self.model.predict(text, evidence)]
         return predicted + trusted
 
@@ -174,16 +177,13 @@ def evidence_recognizers(nlp_engine: NlpEngine) -> list[EntityRecognizer]:
 
 def build_analyzer(nlp_engine: NlpEngine, model: TokenPhiModel | None, evidence: list[EntityRecognizer],
                    trusted_rule_score: float = 1.01) -> AnalyzerEngine:
-    """The token model over the evidence recognizers plus precise structured patterns, or, without a model, the rules alone."""
+    """The token model over the evidence recognizers (it also passes on their sure hits), or, without a model, the rules alone."""
     registry = RecognizerRegistry(supported_languages=["en"])
     if model is None:
         for recognizer in _presidio_recognizers(nlp_engine, PRESIDIO_RECOGNIZERS) + clinical_recognizers():
             registry.add_recognizer(recognizer)
     else:
         registry.add_recognizer(TokenModelRecognizer(model, evidence, trusted_rule_score))
-        for recognizer in evidence:
-            if recognizer.name in STRUCTURED_RECOGNIZERS:
-                registry.add_recognizer(recognizer)
     return AnalyzerEngine(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])
 
 
@@ -378,10 +378,17 @@ class PhiDetector:
         return [finish_spans(text, spans, min_score, vocabulary) for text, spans in zip(texts, found)]
 
 
-def load_token_model(path: Path) -> TokenPhiModel:
+def require_token_model(path: Path) -> None:
+    """Stop with what to do when the configured PHI token model is missing; never fall back to rules silently."""
     if not path.exists():
-        raise FileNotFoundError(f"{path}: PHI token model not found; train it with `medlora deid train` "
-                                "(or set deidentify.use_model: false to use rules only)")
+        raise FileNotFoundError(
+            f"{path}: PHI token model not found (deidentify.model.path). medlora ships it in git: restore it with "
+            f"`git checkout -- {path.parent}`, or rebuild it with `medlora deid train`; to de-identify with rules "
+            "only, set deidentify.use_model: false in params.yaml")
+
+
+def load_token_model(path: Path) -> TokenPhiModel:
+    require_token_model(path)
     return TokenPhiModel.load(path)
 
 
@@ -410,26 +417,28 @@ def deidentify_notes(notes: pd.DataFrame, params: DeidentifyParams, key: bytes, 
         real_values[patient] |= {text[s.start : s.end] for s in t_spans} | {target[s.start : s.end] for s in g_spans}
     surrogates = {p: PatientSurrogates(key, p, params.date_shift_days, values) for p, values in real_values.items()}
 
-    def replacer(patient: str, issued_ids: set[str]):
-        """Replaces a span; what identifiers became goes to `issued_ids`."""
+    def replacer(patient: str, issued: dict[str, set[str]]):
+        """Replaces a span; what identifiers and dates became goes to `issued`, by entity type."""
         def replace(span, value):
-            new = f"<{span.entity_type}>" if params.replacement == "tag" else surrogates[patient].surrogate(span.entity_type, value)
-            if span.entity_type == "ID":
-                issued_ids.add(new)
+            new = f"<{span.entity_type}>" if params.replacement == "tag" else surrogates[patient].surrogate(span.entity_type, value, note=record["text"])
+            if span.entity_type in issued:
+                issued[span.entity_type].add(new)
             return new
         return replace
 
     rows, counts = [], Counter()
     for record, t_spans, g_spans in zip(notes.to_dict(orient="records"), text_spans, target_spans):
-        patient, issued_ids = record["patient_id"], set()
+        patient, issued = record["patient_id"], {"ID": set(), "DATE": set()}
         counts.update(s.entity_type for s in t_spans)
         rows.append({
             "note_id": "n-" + pseudonym(key, "note", record["note_id"]),
             "patient_id": "p-" + pseudonym(key, "patient", patient),
-            "text": replace_spans(record["text"], t_spans, replacer(patient, issued_ids)),
-            "target": replace_spans(record["target"], g_spans, replacer(patient, issued_ids)),
-            # Not PHI: what the identifiers became, so the validation gate can tell a surrogate MRN from a real one.
-            "surrogate_ids": sorted(issued_ids),
+            "text": replace_spans(record["text"], t_spans, replacer(patient, issued)),
+            "target": replace_spans(record["target"], g_spans, replacer(patient, issued)),
+            # Not PHI: what identifiers and dates became (shifted dates), so the validation gate can tell a
+            # surrogate MRN or date from a real one.
+            "surrogate_ids": sorted(issued["ID"]),
+            "surrogate_dates": sorted(issued["DATE"]),
             "specialty": record["specialty"],
             "expert": record["expert"],
             "source_row": record["source_row"],

@@ -11,7 +11,6 @@ from tqdm import tqdm
 from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
 from tasks.deidentify.engine import PhiDetector, PhiSpan
 from tasks.deidentify.evaluate import HIPAA_PRESIDIO_TYPES, score_corpus
-from tasks.deidentify.token_model import holdout_group
 from tasks.params import DeidentifyParams
 
 _WORKER: PhiDetector | None = None
@@ -76,24 +75,15 @@ def read_spans(path: Path, notes: list[GoldNote]) -> list[list[GoldSpan]]:
     return [by_note[n.note_id] for n in notes]
 
 
-def corpus_part(notes: list[GoldNote], corpus_path: Path, params: DeidentifyParams, root: Path, part: str) -> tuple[list[GoldNote], str]:
-    """`all` notes, or the `heldout` (never trained on) or `train` part of a corpus the model trains on."""
-    if part == "all":
-        return notes, "all notes"
-    source = next((s for s in params.model.sources if s.path and (root / s.path).resolve() == corpus_path.resolve()), None)
-    if source is None or source.holdout == 0:
-        if part == "heldout":
-            return notes, "all notes (the model does not train on this corpus)"
-        raise ValueError(f"{corpus_path} is not a training source with a held-out share in params.yaml")
-    keep = part == "heldout"
-    return [n for n in notes if holdout_group(n.split_group, source.holdout) == keep], f"{part} part ({source.holdout:.0%} of groups held out)"
+def trained_on(corpus_path: Path, params: DeidentifyParams, root: Path) -> bool:
+    """Whether the configured model trains on this corpus (then its scores there are optimistic)."""
+    return any(s.path and (root / s.path).resolve() == corpus_path.resolve() for s in params.model.sources)
 
 
-def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyParams, root: Path, part: str = "heldout",
+def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyParams, root: Path,
                     spans_path: Path | None = None, types: str = "auto", workers: int | None = None, progress: bool = True,
                     threshold: float | None = None) -> dict:
     notes = read_corpus(corpus_path, corpus_format)
-    notes, part_description = corpus_part(notes, corpus_path, params, root, part)
     if spans_path is not None:
         detected = read_spans(spans_path, notes)
     else:
@@ -106,5 +96,5 @@ def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyPar
     is_presidio = corpus_format == "presidio" or (corpus_format == "auto" and corpus_path.suffix == ".json")
     scored_types = HIPAA_PRESIDIO_TYPES if types == "hipaa" or (types == "auto" and is_presidio) else None
     summary = score_corpus(notes, detected, scored_types).summary()
-    return {"corpus": str(corpus_path), "part": part_description, "notes": len(notes), "threshold": threshold,
+    return {"corpus": str(corpus_path), "trained_on": trained_on(corpus_path, params, root), "notes": len(notes), "threshold": threshold,
             "types": "HIPAA types" if scored_types else "all types", **summary}

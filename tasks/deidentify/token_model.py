@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import hashlib
 import math
 import re
 import tempfile
@@ -33,6 +32,7 @@ from tasks.deidentify.evaluate import (
     TOKEN,  # the model classifies the very tokens the scorer counts
 )
 from tasks.deidentify.lexicons import CLINICAL_SHORTHAND, person_names, us_places
+from tasks.deidentify.stacker import PhiStacker, with_phi
 
 OUTSIDE = "O"
 
@@ -248,11 +248,6 @@ def token_labels(tokens: list[tuple[int, int]], gold_spans) -> list[str | None]:
     return labels
 
 
-def holdout_group(group: str, share: float) -> bool:
-    """Deterministic group split: True when a patient (or template) belongs to the held-out share."""
-    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
-
-
 @dataclass
 class TokenSpan:
     start: int
@@ -274,12 +269,14 @@ def fit_crf(sequences: list[tuple[list[list[str]], list[str]]], l1: float, l2: f
 
 
 class TokenPhiModel:
-    """A CRF over token features; P(PHI) of a token is one minus its marginal probability of "O"."""
+    """A CRF over token features, optionally read through a stacker; P(PHI) of a token is one minus its
+    probability of "O"."""
 
-    def __init__(self, crf: bytes, vocabulary: frozenset[str], threshold: float) -> None:
+    def __init__(self, crf: bytes, vocabulary: frozenset[str], threshold: float, stacker: PhiStacker | None = None) -> None:
         self.crf = crf
         self.vocabulary = vocabulary
         self.threshold = threshold
+        self.stacker = stacker
         self.features = FeatureExtractor(vocabulary)
         self.tagger = pycrfsuite.Tagger()
         self.tagger.open_inmemory(crf)
@@ -287,30 +284,51 @@ class TokenPhiModel:
         self.outside_column = list(self.classes).index(OUTSIDE)
 
     def marginals(self, features: list[list[str]]) -> np.ndarray:
-        """(tokens x labels) marginal probabilities of one note's token sequence."""
+        """(tokens x labels) marginal probabilities of one note's token sequence under the CRF."""
         if not features:
             return np.zeros((0, len(self.classes)))
         self.tagger.set(features)
         return np.array([[self.tagger.marginal(label, i) for label in self.classes] for i in range(len(features))])
 
+    def stacker_matrix(self, text: str, tokens: list[tuple[int, int]], features: list[list[str]], marginals: np.ndarray,
+                       surely_found: np.ndarray, stacker: PhiStacker | None = None) -> np.ndarray:
+        phi = phi_probability(text, tokens, marginals, self.outside_column)
+        words = [text[start:end] for start, end in tokens]
+        return (stacker or self.stacker).note_matrix(words, features, phi, marginals, surely_found)
+
+    def read(self, text: str, tokens: list[tuple[int, int]], features: list[list[str]], surely_found: np.ndarray) -> np.ndarray:
+        """Class probabilities per token: the CRF's marginals, their P(PHI) replaced by the stacker's."""
+        marginals = self.marginals(features)
+        if self.stacker is None or not len(tokens):
+            return marginals
+        phi = self.stacker.phi(self.stacker_matrix(text, tokens, features, marginals, surely_found))
+        return with_phi(marginals, phi, self.outside_column)
+
     def token_probabilities(self, text: str, evidence: list[Evidence]) -> tuple[list[tuple[int, int]], np.ndarray]:
         tokens, rows = self.features.note_features(text, evidence)
-        return tokens, self.marginals(rows)
+        return tokens, self.read(text, tokens, rows, surely_found(tokens, evidence))
 
     def predict(self, text: str, evidence: list[Evidence]) -> list[TokenSpan]:
         tokens, probabilities = self.token_probabilities(text, evidence)
         return spans_from_tokens(text, tokens, probabilities, self.classes, self.outside_column, self.threshold)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, card: dict | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"crf": self.crf, "vocabulary": sorted(self.vocabulary), "threshold": self.threshold}, path, compress=3)
+        joblib.dump({"crf": self.crf, "vocabulary": sorted(self.vocabulary), "threshold": self.threshold,
+                     "stacker": self.stacker, "card": card or {}}, path, compress=3)
 
     @classmethod
     def load(cls, path: Path) -> TokenPhiModel:
         state = joblib.load(path)
-        if "crf" not in state:
+        if "stacker" not in state:
             raise ValueError(f"{path}: a PHI token model of an older medlora; retrain it with `medlora deid train`")
-        return cls(state["crf"], frozenset(state["vocabulary"]), state["threshold"])
+        return cls(state["crf"], frozenset(state["vocabulary"]), state["threshold"], state["stacker"])
+
+
+def surely_found(tokens: list[tuple[int, int]], evidence: list[Evidence]) -> np.ndarray:
+    """Which tokens a sure rule hit covers: the detector replaces them whatever the model says."""
+    sure = [(e.start, e.end) for e in evidence if e.sure]
+    return np.array([any(s < end and start < e for s, e in sure) for start, end in tokens], dtype=bool)
 
 
 # "at 0400", "~ 2130": nursing notes' clock times are no PHI. 19xx and 20xx may be years and stay with the model.

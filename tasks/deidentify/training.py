@@ -1,10 +1,13 @@
-"""Train the PHI token model on annotated corpora, keeping a held-out share of each for evaluation."""
+"""Train the PHI token model on every annotated corpus: a CRF, a stacker over its out-of-fold readings, and a
+decision threshold set by grouped cross-validation for the target recall. No share of any corpus is held out:
+`medlora deid cv` measures the whole procedure with cross-validation grouped by patient instead."""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +18,17 @@ from tasks.corpus.generate import generate_corpus
 from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
 from tasks.deidentify.engine import EDGE_WORDS, PhiDetector, PhiSpan, finish_spans
 from tasks.deidentify.lexicons import build_vocabulary
+from tasks.deidentify.model_card import write_model_card
+from tasks.deidentify.resynthesis import resynthesize
+from tasks.deidentify.stacker import PhiStacker, with_phi
 from tasks.deidentify.token_model import (
     OUTSIDE,
     FeatureExtractor,
     TokenPhiModel,
     fit_crf,
-    holdout_group,
     phi_probability,
     spans_from_tokens,
+    surely_found,
     token_labels,
 )
 from tasks.params import DeidentifyParams, DeidModelParams, DeidSource
@@ -30,16 +36,16 @@ from tasks.params import DeidentifyParams, DeidModelParams, DeidSource
 log = logging.getLogger(__name__)
 
 
-def source_notes(source: DeidSource, root: Path, part: str) -> list[GoldNote]:
-    """The `train` or `heldout` part of one source; split by patient (or template), never by note."""
+def source_notes(source: DeidSource, root: Path) -> list[GoldNote]:
     if source.format == "synthetic":
         corpus = generate_corpus(notes=source.notes, patients=max(1, source.notes // 3), seed=source.seed)
-        notes = [GoldNote(n.note_id, n.text, n.patient_id, [GoldSpan(s.start, s.end, s.entity_type) for s in n.spans])
-                 for n in corpus]
-    else:
-        notes = read_corpus(root / source.path, source.format)
-    keep_heldout = part == "heldout"
-    return [n for n in notes if holdout_group(n.split_group, source.holdout) == keep_heldout]
+        return [GoldNote(n.note_id, n.text, n.patient_id, [GoldSpan(s.start, s.end, s.entity_type) for s in n.spans])
+                for n in corpus]
+    return read_corpus(root / source.path, source.format)
+
+
+def source_name(source: DeidSource) -> str:
+    return source.path or f"synthetic:{source.notes}"
 
 
 def available_sources(sources: list[DeidSource], root: Path) -> list[DeidSource]:
@@ -73,14 +79,13 @@ def featurize(notes: list[GoldNote], detector, vocabulary: frozenset[str], progr
         tokens, features = extractor.note_features(note.text, evidence)
         kept = [(t, f, label) for t, f, label in zip(tokens, features, token_labels(tokens, note.spans)) if label is not None]
         tokens = [t for t, _, _ in kept]
-        sure = [(e.start, e.end) for e in evidence if e.sure]
-        surely_found = np.array([any(s < end and start < e for s, e in sure) for start, end in tokens], dtype=bool)
-        sequences.append(NoteSequence(note, tokens, [f for _, f, _ in kept], [label for _, _, label in kept], surely_found))
+        sequences.append(NoteSequence(note, tokens, [f for _, f, _ in kept], [label for _, _, label in kept],
+                                      surely_found(tokens, evidence)))
     return sequences
 
 
 def _fit(sequences: list[NoteSequence], weights: list[int], params: DeidModelParams) -> bytes:
-    """A corpus of weight w counts w times (crfsuite has no instance weights)."""
+    """A note of weight w counts w times (crfsuite has no instance weights)."""
     return fit_crf([(s.features, s.labels) for s, w in zip(sequences, weights) for _ in range(w)],
                    params.l1, params.l2, params.iterations)
 
@@ -91,18 +96,112 @@ MAX_THRESHOLD = 0.5  # on an easy corpus (our synthetic notes alone) the search 
 
 @dataclass
 class OutOfFold:
-    """A calibration note as a model that never saw it reads it: marginals and P(PHI) per token."""
+    """A calibration note as a model that never saw it reads it: class probabilities and P(PHI) per token."""
 
     sequence: NoteSequence
     model: TokenPhiModel
     marginals: np.ndarray
     phi: np.ndarray
 
-    @classmethod
-    def read(cls, sequence: NoteSequence, model: TokenPhiModel) -> OutOfFold:
-        marginals = model.marginals(sequence.features)
-        return cls(sequence, model, marginals,
-                   phi_probability(sequence.note.text, sequence.tokens, marginals, model.outside_column))
+
+@dataclass
+class TrainingSet:
+    """Featurized notes of every source, with what training needs to know about each."""
+
+    sequences: list[NoteSequence] = field(default_factory=list)
+    weights: list[int] = field(default_factory=list)
+    calibrating: list[bool] = field(default_factory=list)  # the threshold is set for the target recall on these
+    copies: list[bool] = field(default_factory=list)       # re-synthesized: trained on, never read out of fold
+    sources: list[str] = field(default_factory=list)
+    vocabulary: frozenset[str] = frozenset()
+
+    @property
+    def groups(self) -> list[str]:
+        """Split groups: a patient (or template) of one source; a copy stays with its original."""
+        return [f"{source}|{s.note.split_group}" for source, s in zip(self.sources, self.sequences)]
+
+    def originals(self, index) -> list[int]:
+        return [i for i in index if not self.copies[i]]
+
+
+def gather(params: DeidModelParams, root: Path, detector, progress: bool = True) -> TrainingSet:
+    """Every available source, its notes re-synthesized `source.resynthesis` times, featurized once."""
+    data = TrainingSet()
+    vocabulary_paths = [root / p for p in params.vocabulary if (root / p).exists()]
+    data.vocabulary = build_vocabulary(vocabulary_paths) if vocabulary_paths else frozenset()
+    notes: list[GoldNote] = []
+    rng = random.Random(params.seed)
+    for source in available_sources(params.sources, root):
+        for note in source_notes(source, root):
+            variants = [note] + [resynthesize(note, rng, params.resynthesis_case_flip) for _ in range(source.resynthesis)]
+            for copy, variant in enumerate(variants):
+                notes.append(variant)
+                data.weights.append(max(1, round(source.weight)))
+                data.calibrating.append(source.calibrate)
+                data.copies.append(copy > 0)
+                data.sources.append(source_name(source))
+    if not any(data.calibrating):
+        data.calibrating = [True] * len(notes)
+    data.sequences = featurize(notes, detector, data.vocabulary, progress)
+    return data
+
+
+def _aligned(marginals: np.ndarray, classes: np.ndarray, canonical: list[str]) -> np.ndarray:
+    """Marginals in the column order of `canonical` (a fold's CRF may not know every label)."""
+    out = np.zeros((len(marginals), len(canonical)))
+    for column, label in enumerate(classes):
+        out[:, canonical.index(label)] = marginals[:, column]
+    return out
+
+
+def fit_model(data: TrainingSet, index: list[int], params: DeidModelParams, propagate_score: float,
+              progress: bool = True) -> tuple[TokenPhiModel, dict]:
+    """The token model from the notes at `index` alone: a CRF on all of them; a stacker on the CRF's
+    out-of-fold readings of the originals; the threshold at which the stacked, finished detection reaches
+    the target recall out of fold on the calibrating notes."""
+    index = list(index)
+    model = TokenPhiModel(_fit([data.sequences[i] for i in index], [data.weights[i] for i in index], params),
+                          data.vocabulary, MAX_THRESHOLD)
+    canonical = list(model.classes)
+    originals = [i for i in data.originals(index) if len(data.sequences[i].tokens)]
+    groups = np.array(data.groups)
+    marginals: dict[int, np.ndarray] = {}
+    folds = list(GroupKFold(n_splits=params.threshold_folds).split(index, groups=groups[index]))
+    for train, test in tqdm(folds, desc="CRF folds", disable=not progress):
+        train_index = [index[i] for i in train]
+        fold = TokenPhiModel(_fit([data.sequences[i] for i in train_index], [data.weights[i] for i in train_index], params),
+                             data.vocabulary, MAX_THRESHOLD)
+        for i in set(originals).intersection(index[j] for j in test):
+            marginals[i] = _aligned(fold.marginals(data.sequences[i].features), fold.classes, canonical)
+
+    stacker = PhiStacker(PhiStacker.rule_labels([data.sequences[i].features for i in originals]))
+    matrices = {i: model.stacker_matrix(s.note.text, s.tokens, s.features, marginals[i], s.surely_found, stacker)
+                for i in originals for s in [data.sequences[i]]}
+    labels = {i: np.array(data.sequences[i].labels) != OUTSIDE for i in originals}
+    stacked_phi: dict[int, np.ndarray] = {}
+    for train, test in GroupKFold(n_splits=params.threshold_folds).split(originals, groups=groups[originals]):
+        fold_stacker = PhiStacker(stacker.rules).fit(np.vstack([matrices[originals[j]] for j in train]),
+                                                     np.concatenate([labels[originals[j]] for j in train]), params.seed)
+        fold_phi = fold_stacker.phi(np.vstack([matrices[originals[j]] for j in test]))
+        for j, part in zip(test, np.split(fold_phi, np.cumsum([len(matrices[originals[j]]) for j in test])[:-1])):
+            stacked_phi[originals[j]] = part
+    items = []
+    for i in originals:
+        if data.calibrating[i]:
+            s = data.sequences[i]
+            probabilities = with_phi(marginals[i], stacked_phi[i], model.outside_column)
+            items.append(OutOfFold(s, model, probabilities,
+                                   phi_probability(s.note.text, s.tokens, probabilities, model.outside_column)))
+    threshold, cv_recall, cv_precision = threshold_for_recall(items, params.target_recall, propagate_score)
+    model.stacker = stacker.fit(np.vstack([matrices[i] for i in originals]), np.concatenate([labels[i] for i in originals]),
+                                params.seed)
+    model.threshold = threshold
+    all_labels = np.concatenate([data.sequences[i].labels for i in index if data.sequences[i].labels])
+    return model, {
+        "train_notes": len(originals), "resynthesized_copies": len(index) - len(data.originals(index)),
+        "train_tokens": int(len(all_labels)), "train_phi_tokens": int((all_labels != OUTSIDE).sum()),
+        "threshold": round(threshold, 5), "inner_cv_recall": round(cv_recall, 4), "inner_cv_precision": round(cv_precision, 4),
+    }
 
 
 def detected_tokens(item: OutOfFold, threshold: float, propagate_score: float) -> np.ndarray:
@@ -151,48 +250,43 @@ def threshold_for_recall(items: list[OutOfFold], target_recall: float, propagate
 def train_token_model(params: DeidModelParams, root: Path, detector, propagate_score: float,
                       progress: bool = True) -> tuple[TokenPhiModel, dict]:
     started = time.perf_counter()
-    sources = available_sources(params.sources, root)
-    notes, weights, calibrating = [], [], []
-    for source in sources:
-        part = source_notes(source, root, "train")
-        notes += part
-        weights += [max(1, round(source.weight))] * len(part)
-        calibrating += [source.calibrate] * len(part)
-    if not any(calibrating):
-        calibrating = [True] * len(notes)
-    vocabulary_paths = [root / p for p in params.vocabulary if (root / p).exists()]
-    vocabulary = build_vocabulary(vocabulary_paths) if vocabulary_paths else frozenset()
-    sequences = featurize(notes, detector, vocabulary, progress)
+    data = gather(params, root, detector, progress)
+    model, report = fit_model(data, range(len(data.sequences)), params, propagate_score, progress)
+    corpora = {}
+    for name, copy in zip(data.sources, data.copies):
+        corpora.setdefault(name, {"notes": 0, "resynthesized_copies": 0})["resynthesized_copies" if copy else "notes"] += 1
+    return model, {"sources": corpora, "vocabulary_words": len(data.vocabulary), **report,
+                   "seconds": round(time.perf_counter() - started, 1)}
 
-    # Out-of-fold readings give an honest threshold for the recall we want, measured on what the detector
-    # would replace: sure rule hits count as found, and so do mentions that a found name propagates to.
-    calibration = {i for i in range(len(sequences)) if calibrating[i] and len(sequences[i].tokens)}
-    out_of_fold: dict[int, OutOfFold] = {}
-    groups = [s.note.split_group for s in sequences]
-    folds = GroupKFold(n_splits=params.threshold_folds).split(sequences, groups=groups)
-    for train_index, test_index in tqdm(list(folds), desc="threshold folds", disable=not progress):
-        fold_model = TokenPhiModel(_fit([sequences[i] for i in train_index], [weights[i] for i in train_index], params),
-                                   vocabulary, MAX_THRESHOLD)
-        for i in calibration.intersection(test_index):
-            out_of_fold[i] = OutOfFold.read(sequences[i], fold_model)
-    threshold, cv_recall, cv_precision = threshold_for_recall(list(out_of_fold.values()), params.target_recall, propagate_score)
-    model = TokenPhiModel(_fit(sequences, weights, params), vocabulary, threshold)
-    labels = np.concatenate([s.labels for s in sequences if s.labels])
-    report = {
-        "sources": [s.path or f"synthetic:{s.notes}" for s in sources],
-        "vocabulary_words": len(vocabulary),
-        "train_notes": len(notes), "train_tokens": int(len(labels)), "train_phi_tokens": int((labels != OUTSIDE).sum()),
-        "threshold": round(model.threshold, 5),
-        "cv_recall": round(cv_recall, 4),
-        "cv_precision": round(cv_precision, 4),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    return model, report
+
+def rules_only(params: DeidentifyParams) -> PhiDetector:
+    """The detector without a token model: its rule and Presidio evidence is what the model learns from."""
+    return PhiDetector(params.model_copy(update={"use_model": False}))
+
+
+def check_sources(params: DeidModelParams, root: Path, skip_missing: bool) -> None:
+    """Stop before training a weaker model than configured: every corpus and vocabulary file must be there."""
+    missing = [p for p in [s.path for s in params.sources if s.format != "synthetic"] + params.vocabulary if not (root / p).exists()]
+    if missing and not skip_missing:
+        raise FileNotFoundError(
+            f"deidentify.model: {', '.join(str(root / p) for p in missing)} not found. The shipped model was trained on them; "
+            "put them there, change deidentify.model.sources / vocabulary in params.yaml, or pass --skip-missing "
+            "to train without them (a weaker model)")
+
+
+def with_added_notes(params: DeidentifyParams, paths: list[Path]) -> DeidentifyParams:
+    """The configured sources plus annotated JSONL files (a hospital's own notes); the threshold is set for them too."""
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: annotated notes not found")
+    added = [DeidSource(path=str(path), format="jsonl", calibrate=True) for path in paths]
+    return params.model_copy(update={"model": params.model.model_copy(update={"sources": params.model.sources + added})})
 
 
 def train_and_save(params: DeidentifyParams, root: Path, progress: bool = True) -> dict:
-    """Train on the configured sources, with rule and Presidio evidence, and save to `model.path`."""
-    rules_only = PhiDetector(params.model_copy(update={"use_model": False}))
-    model, report = train_token_model(params.model, root, rules_only, params.propagate_score, progress)
-    model.save(root / params.model.path)
+    """Train on the configured sources; save the model to `model.path` and its card beside it."""
+    model, report = train_token_model(params.model, root, rules_only(params), params.propagate_score, progress)
+    path = root / params.model.path
+    model.save(path, card=report)
+    write_model_card(path, report, params.model)
     return report

@@ -15,7 +15,7 @@ import pandas as pd
 from tasks.params import ValidateParams
 from tasks.validate.cleanse import cleanse_text
 from tasks.validate.duplicates import duplicate_clusters
-from tasks.validate.quarantine import quarantine_failing_rows
+from tasks.validate.quarantine import RESIDUAL_DATE, quarantine_failing_rows
 from tasks.validate.split import GROUPED_BY, split_grouped, values_crossing_splits
 from tasks.validate.suite import GateOutcome, ValidationGateError, gate_failure_message, run_split_suite, run_suite
 
@@ -54,7 +54,8 @@ def run_gate(read: pd.DataFrame, params: ValidateParams, experts: list[str], gx_
     result = GateResult(quarantined=quarantined)
     share = len(quarantined) / len(read) if len(read) else 0.0
     result.counts = {"read": len(read), "kept": len(notes), "quarantined": len(quarantined),
-                     "quarantined_share": round(share, 4)}
+                     "quarantined_share": round(share, 4),
+                     "quarantined_residual_date": int((quarantined["expectation"] == RESIDUAL_DATE).sum())}
     if not len(notes) or share > params.max_quarantined_share:
         result.error = (f"validation gate failed on {source}: {len(quarantined)} of {len(read)} notes quarantined "
                         f"({share:.1%}), more than validate.max_quarantined_share ({params.max_quarantined_share:.0%}); "

@@ -2,8 +2,8 @@
 
 `raw_notes` checks the ingest contract on the kept raw notes. Over the de-identified notes, two
 suites: `deidentified_notes` over the notes (schema, types, lengths, unique ids, experts, target
-shorter than the note, residual PHI: structured identifiers, labelled record numbers that are not our
-surrogates, canaries) and `notes_per_expert` over a table of counts
+shorter than the note, residual PHI: structured identifiers, labelled record numbers and dates that are not
+our surrogates, canaries) and `notes_per_expert` over a table of counts
 (minimum records per expert); after the split, `split_leakage` proves that no patient and no duplicate
 cluster lies in two splits. Every expectation runs with result_format BOOLEAN_ONLY, so no
 validation result, Data Docs page or log line carries a note's content; rows that fail are named by
@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from tasks.params import ValidateParams
-from tasks.validate.residual_phi import LABELLED_RECORD_NUMBER, RESIDUAL_PHI_PATTERNS
+from tasks.validate.residual_phi import LABELLED_RECORD_NUMBER, RESIDUAL_PHI_PATTERNS, unissued_dates
 
 RAW_SUITE = "raw_notes"
 NOTES_SUITE = "deidentified_notes"
@@ -57,11 +57,19 @@ def holds_real_record_number(notes: pd.DataFrame) -> list[bool]:
             for text, target, ids in zip(notes["text"], notes["target"], issued)]
 
 
+def holds_unissued_date(notes: pd.DataFrame) -> list[bool]:
+    """Per row, whether its text or target holds a date that is none of the shifted dates issued for the note."""
+    issued = notes["surrogate_dates"] if "surrogate_dates" in notes else [()] * len(notes)
+    return [bool(unissued_dates(text, dates) or unissued_dates(target, dates))
+            for text, target, dates in zip(notes["text"], notes["target"], issued)]
+
+
 def gate_columns(notes: pd.DataFrame, canaries: list[str]) -> pd.DataFrame:
-    """The notes with the derived columns the suites check: lengths, and whether a canary or a real record number
-    is present."""
+    """The notes with the derived columns the suites check: lengths, and whether a canary, a real record number
+    or an unissued date is present."""
     return notes.assign(text_chars=notes["text"].str.len(), target_chars=notes["target"].str.len(),
-                        has_canary=holds_canary(notes, canaries), has_record_number=holds_real_record_number(notes))
+                        has_canary=holds_canary(notes, canaries), has_record_number=holds_real_record_number(notes),
+                        has_date=holds_unissued_date(notes))
 
 
 def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
@@ -79,6 +87,7 @@ def notes_expectations(params: ValidateParams, experts: list[str]) -> list:
         e.ExpectColumnValuesToBeInSet(column="expert", value_set=experts),
         e.ExpectColumnValuesToBeInSet(column="has_canary", value_set=[False], meta={"residual_phi": "canary"}),
         e.ExpectColumnValuesToBeInSet(column="has_record_number", value_set=[False], meta={"residual_phi": "mrn"}),
+        e.ExpectColumnValuesToBeInSet(column="has_date", value_set=[False], meta={"residual_phi": "date"}),
     ]
     for name, pattern in RESIDUAL_PHI_PATTERNS.items():
         for column in ("text", "target"):
@@ -182,15 +191,15 @@ def _describe(config) -> str:
 
 
 def rows_with_residual_phi(checked: pd.DataFrame) -> dict[str, list[int]]:
-    """Row positions of `gate_columns` output that match each residual-PHI pattern, hold a real record number or
-    a canary (positions only, never the match)."""
+    """Row positions of `gate_columns` output that match each residual-PHI pattern, hold a real record number, an
+    unissued date or a canary (positions only, never the match)."""
     checks = {name: re.compile(pattern) for name, pattern in RESIDUAL_PHI_PATTERNS.items()}
     found: dict[str, list[int]] = {}
     for position, (text, target) in enumerate(zip(checked["text"], checked["target"])):
         for name, compiled in checks.items():
             if compiled.search(text) or compiled.search(target):
                 found.setdefault(name, []).append(position)
-    for name, column in (("mrn", "has_record_number"), ("canary", "has_canary")):
+    for name, column in (("mrn", "has_record_number"), ("date", "has_date"), ("canary", "has_canary")):
         rows = [position for position, held in enumerate(checked[column]) if held]
         if rows:
             found[name] = rows
