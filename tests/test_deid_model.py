@@ -23,7 +23,7 @@ def test_the_default_params_use_the_shipped_model_and_its_card_says_how_it_was_m
     model = load_token_model(SHIPPED_DEID_MODEL)
     assert model.stacker is not None and 0 < model.threshold <= 0.5
     card = (SHIPPED_DEID_MODEL.parent / "MODEL_CARD.md").read_text()
-    for needed in ("physionet-deid", "synth_dataset_v2.json", "medlora deid train", "Threshold", "cross-validation"):
+    for needed in ("physionet-deid", "synth_dataset_v2.json", "medlora deid train", "Threshold", "medlora deid cv --folds 5"):
         assert needed in card
     assert SHIPPED_DEID_MODEL.stat().st_size < 5_000_000
 
