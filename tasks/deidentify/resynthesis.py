@@ -23,7 +23,6 @@ PERSON_TYPES = frozenset({"HCPName", "PTName", "PTNameInitial", "RelativeProxyNa
 PLACE_TYPES = frozenset({"Location", "HOSPITAL", "CITY", "STREET", "GPE", "STREET_ADDRESS", "LOCATION"})
 DATE_TYPES = frozenset({"Date", "DateYear", "DATE", "DATE_TIME"})
 NUMERIC_DATE = re.compile(r"(\d{1,2})([/\-.])(\d{1,2})(?:([/\-.])(\d{2,4}))?")
-WORD = re.compile(r"[A-Za-z]+|\d+")
 MONTH_NAMES = ("january february march april may june july august september october november december").split()
 
 
@@ -63,8 +62,12 @@ def _date(rng: random.Random, value: str) -> str:
     out = []
     for token in re.split(r"(\W+)", value):
         bare = token.lower().rstrip(".")
-        if token.isdigit():
-            out.append(str(rng.randint(1930, 2025)) if len(token) == 4 else (f"{rng.randint(0, 99):02d}" if token.startswith("0") or len(token) == 2 and int(token) > 31 else str(day)))
+        if len(token) == 4 and token.isdigit():
+            out.append(str(rng.randint(1930, 2025)))
+        elif token.isdigit() and (token.startswith("0") or len(token) == 2 and int(token) > 31):  # "'92", "'04"
+            out.append(f"{rng.randint(0, 99):02d}")
+        elif token.isdigit():
+            out.append(str(day))
         elif any(m.startswith(bare) for m in MONTH_NAMES) and len(bare) >= 3:
             name = MONTH_NAMES[month - 1]
             out.append(_like(token, name[: len(bare)] if len(bare) <= 4 else name))
