@@ -79,11 +79,12 @@ def add_deid_commands(commands) -> None:
     deid = commands.add_parser("deid", help="PHI detection on its own: train, detect, evaluate")
     actions = deid.add_subparsers(dest="action", required=True)
     train = actions.add_parser("train", help="rebuild the PHI token model from the corpora in params.yaml (and your own)")
-    train.add_argument("--add", action="append", type=Path, default=[], metavar="JSONL",
-                       help="also train on these annotated notes (note_id, text, patient_id, spans), e.g. your hospital's")
     train.add_argument("--skip-missing", action="store_true",
                        help="train without configured corpora that are absent (the model will be weaker)")
     cv = actions.add_parser("cv", help="cross-validate the whole training procedure, grouped by patient")
+    for action in (train, cv):
+        action.add_argument("--add", action="append", type=Path, default=[], metavar="JSONL",
+                            help="also train on these annotated notes (note_id, text, patient_id, spans), e.g. your hospital's")
     cv.add_argument("--folds", type=int, default=5)
     cv.add_argument("--workers", type=int, default=1, help="outer folds trained in parallel (each takes one core)")
     cv.add_argument("--report", type=Path, default=Path("models/deid/cv_report.json"), help="where the figures go (JSON)")
@@ -162,6 +163,7 @@ def _run_deid_training(args, params, root: Path, console) -> int:
     from tasks.deidentify.crossval import cross_validate, write_report
     from tasks.deidentify.training import check_sources, train_and_save, with_added_notes
 
+    params = with_added_notes(params, args.add)
     if args.action == "cv":
         check_sources(params.model, root, skip_missing=False)
         report = cross_validate(params, root, args.folds, args.workers)
@@ -170,7 +172,6 @@ def _run_deid_training(args, params, root: Path, console) -> int:
             print_scores(f"{corpus}: {args.folds}-fold cross-validation, pooled out of fold, {scores['types']}", scores)
         console.print(f"wrote {args.report}")
         return 0
-    params = with_added_notes(params, args.add)
     check_sources(params.model, root, args.skip_missing)
     console.print_json(json.dumps(train_and_save(params, root)))
     console.print(f"wrote {params.model.path} and its model card")

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 
 from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
 from tasks.deidentify.resynthesis import resynthesize
@@ -94,16 +95,19 @@ def _annotated_notes(path, count: int, seed: int) -> None:
 
 
 def test_cross_validation_pools_every_corpus_out_of_fold_and_training_adds_hospital_notes(tmp_path):
-    from tasks.deidentify.crossval import cross_validate
+    from flows.cli import main
     from tasks.deidentify.training import train_and_save, with_added_notes
 
     hospital = tmp_path / "hospital.jsonl"
     _annotated_notes(hospital, 24, seed=9)
-    params = DeidentifyParams(model=DeidModelParams(
-        path=str(tmp_path / "model" / "token_model.joblib"), threshold_folds=2, iterations=15,
-        sources=[DeidSource(format="synthetic", notes=24, seed=5, resynthesis=1, calibrate=True)]))
-    params = with_added_notes(params, [hospital])
-    report = cross_validate(params, tmp_path, folds=2, workers=2, progress=False)
+    model = {"path": "model/token_model.joblib", "threshold_folds": 2, "iterations": 15,
+             "sources": [{"format": "synthetic", "notes": 24, "seed": 5, "resynthesis": 1, "calibrate": True}]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "input": {"path": "x.jsonl", "columns": {"note_id": "id", "text": "t", "specialty": "s", "target": "g"}},
+        "experts": {"any": ["x"]}, "deidentify": {"model": model}}))
+    assert main(["--root", str(tmp_path), "deid", "cv", "--folds", "2", "--workers", "2", "--add", str(hospital),
+                 "--report", "cv.json"]) == 0
+    report = json.loads((tmp_path / "cv.json").read_text())
     assert set(report["corpora"]) == {"synthetic:24", str(hospital)} and len(report["thresholds"]) == 2
     gold_tokens = sum(len(re.findall(r"[A-Za-z0-9]+", n.text[s.start : s.end])) for n in read_corpus(hospital) for s in n.spans)
     hospital_scores = report["corpora"][str(hospital)]
@@ -111,6 +115,7 @@ def test_cross_validation_pools_every_corpus_out_of_fold_and_training_adds_hospi
     assert hospital_scores["recall"] > 0.8
     assert all(r["resynthesized_copies"] > 0 for r in report["fold_reports"])
 
+    params = with_added_notes(DeidentifyParams(model=DeidModelParams(**model)), [hospital])
     trained = train_and_save(params, tmp_path, progress=False)
     assert trained["sources"] == {"synthetic:24": {"notes": 24, "resynthesized_copies": 24},
                                   str(hospital): {"notes": 24, "resynthesized_copies": 0}}
