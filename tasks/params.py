@@ -58,7 +58,6 @@ class DeidModelParams(Strict):
     l2: float = Field(0.05, ge=0)
     iterations: int = Field(100, ge=1)
     resynthesis_case_flip: float = Field(0.2, ge=0, le=1)  # share of re-synthesized copies upper- or lower-cased
-    stacker_trains_on: Literal["all", "calibrating"] = "all"  # the corpora whose CRF readings the stacker learns from
     seed: int = 17
 
 

@@ -174,27 +174,26 @@ def fit_model(data: TrainingSet, index: list[int], params: DeidModelParams, prop
         for i in set(originals).intersection(index[j] for j in test):
             marginals[i] = _aligned(fold.marginals(data.sequences[i].features), fold.classes, canonical)
 
-    learners = [i for i in originals if params.stacker_trains_on == "all" or data.calibrating[i]]
-    stacker = PhiStacker(PhiStacker.rule_labels([data.sequences[i].features for i in learners]))
+    stacker = PhiStacker(PhiStacker.rule_labels([data.sequences[i].features for i in originals]))
     matrices = {i: model.stacker_matrix(s.note.text, s.tokens, s.features, marginals[i], s.surely_found, stacker)
-                for i in learners for s in [data.sequences[i]]}
-    labels = {i: np.array(data.sequences[i].labels) != OUTSIDE for i in learners}
+                for i in originals for s in [data.sequences[i]]}
+    labels = {i: np.array(data.sequences[i].labels) != OUTSIDE for i in originals}
     stacked_phi: dict[int, np.ndarray] = {}
-    for train, test in GroupKFold(n_splits=params.threshold_folds).split(learners, groups=groups[learners]):
-        fold_stacker = PhiStacker(stacker.rules).fit(np.vstack([matrices[learners[j]] for j in train]),
-                                                     np.concatenate([labels[learners[j]] for j in train]), params.seed)
-        fold_phi = fold_stacker.phi(np.vstack([matrices[learners[j]] for j in test]))
-        for j, part in zip(test, np.split(fold_phi, np.cumsum([len(matrices[learners[j]]) for j in test])[:-1])):
-            stacked_phi[learners[j]] = part
+    for train, test in GroupKFold(n_splits=params.threshold_folds).split(originals, groups=groups[originals]):
+        fold_stacker = PhiStacker(stacker.rules).fit(np.vstack([matrices[originals[j]] for j in train]),
+                                                     np.concatenate([labels[originals[j]] for j in train]), params.seed)
+        fold_phi = fold_stacker.phi(np.vstack([matrices[originals[j]] for j in test]))
+        for j, part in zip(test, np.split(fold_phi, np.cumsum([len(matrices[originals[j]]) for j in test])[:-1])):
+            stacked_phi[originals[j]] = part
     items = []
-    for i in learners:
+    for i in originals:
         if data.calibrating[i]:
             s = data.sequences[i]
             probabilities = with_phi(marginals[i], stacked_phi[i], model.outside_column)
             items.append(OutOfFold(s, model, probabilities,
                                    phi_probability(s.note.text, s.tokens, probabilities, model.outside_column)))
     threshold, cv_recall, cv_precision = threshold_for_recall(items, params.target_recall, propagate_score)
-    model.stacker = stacker.fit(np.vstack([matrices[i] for i in learners]), np.concatenate([labels[i] for i in learners]),
+    model.stacker = stacker.fit(np.vstack([matrices[i] for i in originals]), np.concatenate([labels[i] for i in originals]),
                                 params.seed)
     model.threshold = threshold
     all_labels = np.concatenate([data.sequences[i].labels for i in index if data.sequences[i].labels])
