@@ -108,7 +108,6 @@ def run_deid_command(args, root: Path) -> int:
     import json
 
     from rich.console import Console
-    from rich.table import Table
 
     from tasks.params import load_params
 
