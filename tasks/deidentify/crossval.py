@@ -18,8 +18,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from tasks.deidentify.engine import PhiDetector, PhiSpan
-from tasks.deidentify.evaluate import HIPAA_PRESIDIO_TYPES, TokenScores, score_note
-from tasks.deidentify.training import TrainingSet, fit_model, gather, rules_only
+from tasks.deidentify.evaluate import TokenScores, score_note, scored_types
+from tasks.deidentify.training import TrainingSet, fit_model, gather, rules_only, source_name
 from tasks.params import DeidentifyParams
 
 _DATA: TrainingSet | None = None  # shared with forked fold workers without pickling
@@ -49,17 +49,17 @@ def cross_validate(params: DeidentifyParams, root: Path, folds: int = 5, workers
     else:
         results = [_run_fold(job) for job in tqdm(jobs, desc="outer folds", disable=not progress)]
 
+    types = {source_name(s): scored_types(s.format, s.path) for s in params.model.sources}
     scores: dict[str, TokenScores] = {}
     for _, _, detected in results:
         for i, spans in detected:
             note, source = data.sequences[i].note, data.sources[i]
-            types = HIPAA_PRESIDIO_TYPES if source.endswith(".json") else None
-            score_note(note.text, note.spans, spans, scores.setdefault(source, TokenScores()), types)
+            score_note(note.text, note.spans, spans, scores.setdefault(source, TokenScores()), types[source])
     fold_reports = sorted(((fold, report) for fold, report, _ in results), key=lambda item: item[0])
     return {
         "folds": folds,
         "grouped_by": "patient (PhysioNet, synthetic notes), template (presidio-evaluator)",
-        "corpora": {source: {"types": "HIPAA types" if source.endswith(".json") else "all types", **s.summary()}
+        "corpora": {source: {"types": "HIPAA types" if types[source] else "all types", **s.summary()}
                     for source, s in scores.items()},
         "thresholds": [report["threshold"] for _, report in fold_reports],
         "fold_reports": [report for _, report in fold_reports],

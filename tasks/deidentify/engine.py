@@ -417,10 +417,11 @@ def deidentify_notes(notes: pd.DataFrame, params: DeidentifyParams, key: bytes, 
         real_values[patient] |= {text[s.start : s.end] for s in t_spans} | {target[s.start : s.end] for s in g_spans}
     surrogates = {p: PatientSurrogates(key, p, params.date_shift_days, values) for p, values in real_values.items()}
 
-    def replacer(patient: str, issued: dict[str, set[str]]):
-        """Replaces a span; what identifiers and dates became goes to `issued`, by entity type."""
+    def replacer(patient: str, issued: dict[str, set[str]], note: str):
+        """Replaces a span (`note`'s case decides for values without letters); what identifiers and dates
+        became goes to `issued`, by entity type."""
         def replace(span, value):
-            new = f"<{span.entity_type}>" if params.replacement == "tag" else surrogates[patient].surrogate(span.entity_type, value, note=record["text"])
+            new = f"<{span.entity_type}>" if params.replacement == "tag" else surrogates[patient].surrogate(span.entity_type, value, note=note)
             if span.entity_type in issued:
                 issued[span.entity_type].add(new)
             return new
@@ -433,8 +434,8 @@ def deidentify_notes(notes: pd.DataFrame, params: DeidentifyParams, key: bytes, 
         rows.append({
             "note_id": "n-" + pseudonym(key, "note", record["note_id"]),
             "patient_id": "p-" + pseudonym(key, "patient", patient),
-            "text": replace_spans(record["text"], t_spans, replacer(patient, issued)),
-            "target": replace_spans(record["target"], g_spans, replacer(patient, issued)),
+            "text": replace_spans(record["text"], t_spans, replacer(patient, issued, record["text"])),
+            "target": replace_spans(record["target"], g_spans, replacer(patient, issued, record["text"])),
             # Not PHI: what identifiers and dates became (shifted dates), so the validation gate can tell a
             # surrogate MRN or date from a real one.
             "surrogate_ids": sorted(issued["ID"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tasks.deidentify.corpora import GoldNote
 
@@ -20,6 +21,12 @@ HIPAA_PRESIDIO_TYPES = frozenset({
     "PERSON", "STREET_ADDRESS", "GPE", "ZIP_CODE", "DATE_TIME", "PHONE_NUMBER", "EMAIL_ADDRESS", "US_SSN",
     "CREDIT_CARD", "IBAN_CODE", "US_DRIVER_LICENSE", "IP_ADDRESS", "DOMAIN_NAME",
 })
+
+
+def scored_types(corpus_format: str, path: str | Path, types: str = "auto") -> frozenset[str] | None:
+    """The gold types a corpus is scored on: HIPAA's for presidio-evaluator data (or when asked), else all."""
+    is_presidio = corpus_format == "presidio" or (corpus_format == "auto" and Path(path).suffix == ".json")
+    return HIPAA_PRESIDIO_TYPES if types == "hipaa" or (types == "auto" and is_presidio) else None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from tasks.deidentify.corpora import GoldNote, GoldSpan, read_corpus
 from tasks.deidentify.engine import PhiDetector, PhiSpan
-from tasks.deidentify.evaluate import HIPAA_PRESIDIO_TYPES, score_corpus
+from tasks.deidentify.evaluate import score_corpus, scored_types
 from tasks.params import DeidentifyParams
 
 _WORKER: PhiDetector | None = None
@@ -93,8 +93,7 @@ def evaluate_corpus(corpus_path: Path, corpus_format: str, params: DeidentifyPar
                 detector.model.threshold = threshold
             threshold = detector.model.threshold
         detected = detect_texts([n.text for n in notes], params, root, workers, progress, detector)
-    is_presidio = corpus_format == "presidio" or (corpus_format == "auto" and corpus_path.suffix == ".json")
-    scored_types = HIPAA_PRESIDIO_TYPES if types == "hipaa" or (types == "auto" and is_presidio) else None
-    summary = score_corpus(notes, detected, scored_types).summary()
+    kept_types = scored_types(corpus_format, corpus_path, types)
+    summary = score_corpus(notes, detected, kept_types).summary()
     return {"corpus": str(corpus_path), "trained_on": trained_on(corpus_path, params, root), "notes": len(notes), "threshold": threshold,
-            "types": "HIPAA types" if scored_types else "all types", **summary}
+            "types": "HIPAA types" if kept_types else "all types", **summary}

@@ -14,6 +14,7 @@ from functools import cache
 
 from tasks.deidentify.corpora import GoldNote, GoldSpan
 from tasks.deidentify.lexicons import person_names, us_places
+from tasks.deidentify.surrogates import MONTHS
 
 # Words of a gold span that describe the PHI rather than being it: kept as they are.
 KEPT_WORDS = frozenset("""hospital hosp medical center ctr clinic rehab memorial general university st saint
@@ -23,7 +24,6 @@ PERSON_TYPES = frozenset({"HCPName", "PTName", "PTNameInitial", "RelativeProxyNa
 PLACE_TYPES = frozenset({"Location", "HOSPITAL", "CITY", "STREET", "GPE", "STREET_ADDRESS", "LOCATION"})
 DATE_TYPES = frozenset({"Date", "DateYear", "DATE", "DATE_TIME"})
 NUMERIC_DATE = re.compile(r"(\d{1,2})([/\-.])(\d{1,2})(?:([/\-.])(\d{2,4}))?")
-MONTH_NAMES = ("january february march april may june july august september october november december").split()
 
 
 @cache
@@ -68,8 +68,8 @@ def _date(rng: random.Random, value: str) -> str:
             out.append(f"{rng.randint(0, 99):02d}")
         elif token.isdigit():
             out.append(str(day))
-        elif any(m.startswith(bare) for m in MONTH_NAMES) and len(bare) >= 3:
-            name = MONTH_NAMES[month - 1]
+        elif any(m.startswith(bare) for m in MONTHS) and len(bare) >= 3:
+            name = MONTHS[month - 1]
             out.append(_like(token, name[: len(bare)] if len(bare) <= 4 else name))
         else:
             out.append(token)
