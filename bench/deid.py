@@ -113,7 +113,7 @@ def run_medlora(limit: int, workers: int, model_path: str, queue) -> None:
     detector = harness._WORKER = PhiDetector(params, root=ROOT)  # loading is not timed, as the baseline's is not
     detector.detect([notes[0].text], progress=False)
     texts = [n.text for n in notes]
-    batches = [texts[i : i + params.batch_size] for i in range(0, len(texts), params.batch_size)]
+    batches = harness.worker_batches(texts, params.batch_size, workers)
     started = time.perf_counter()
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers, initializer=reset_peak) as pool:

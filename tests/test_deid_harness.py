@@ -84,6 +84,32 @@ def test_a_200k_character_note_is_deidentified_in_windows(deid_params):
     assert all(0 <= s.start < s.end <= len(text) for s in spans)
 
 
+
+def test_url_prefilter_finds_what_presidios_url_recognizer_finds():
+    from presidio_analyzer.predefined_recognizers import UrlRecognizer
+
+    from tasks.deidentify.engine import REQUIRED_TEXT, PrefilteredRecognizer
+
+    presidio = UrlRecognizer()
+    prefiltered = PrefilteredRecognizer(presidio, REQUIRED_TEXT["UrlRecognizer"])
+    texts = ["see https://portal.mercy-health.org/chart?id=7 and www.example.co.uk.", "Results at labs.Example.COM/x",
+             "pt. tolerated p.o. meds b.i.d. vs. 120/80", "email j.doe@hosp.net", "no dots here at all"]
+    for text in texts:
+        found = {(r.start, r.end) for r in presidio.analyze(text, ["URL"])}
+        assert {(r.start, r.end) for r in prefiltered.analyze(text, ["URL"])} == found
+    assert not prefiltered.analyze(texts[2], ["URL"]) and not prefiltered.analyze(texts[4], ["URL"])
+
+
+def test_a_batch_of_notes_reads_as_each_note_alone(deid_params):
+    from tasks.deidentify.engine import PhiDetector
+
+    detector = PhiDetector(deid_params)
+    texts = ["PATIENT: Harold Finch. Seen by Dr. Root on 03/14/2024 at Mercy Hospital.", "",
+             "WIFE MARY AT BEDSIDE. BP 99/40, HR 88. Plan: CABG 2/12.", "12 34"]
+    [evidence] = [detector.evidence(texts)]
+    assert detector.model.predict_many(texts, evidence) == [detector.model.predict(t, e) for t, e in zip(texts, evidence)]
+    assert detector.detect(texts, progress=False) == [detector.detect([t], progress=False)[0] for t in texts]
+
 def _sure_hits(text: str) -> set[tuple[str, str]]:
     from tasks.deidentify.engine import is_sure
     from tasks.deidentify.recognizers import clinical_recognizers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -141,49 +142,47 @@ def is_sure(name: str, result: RecognizerResult, trusted_rule_score: float) -> b
 
 
 def collect_evidence(nlp_artifacts, named_results: list[tuple[str, RecognizerResult]], trusted_rule_score: float) -> list[Evidence]:
-    """Every recognizer's opinion, and spaCy's entities, as labelled stretches of the text."""
-    evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in nlp_artifacts.tokens.ents]
+    """Every recognizer's opinion, and spaCy's entities (without a spaCy pipeline, `nlp_artifacts` is None), as
+    labelled stretches of the text."""
+    entities = nlp_artifacts.tokens.ents if nlp_artifacts is not None else ()
+    evidence = [Evidence(e.start_char, e.end_char, f"spacy:{e.label_}") for e in entities]
     return evidence + [Evidence(r.start, r.end, f"{name}:{r.entity_type}", is_sure(name, r, trusted_rule_score))
                        for name, r in named_results]
 
 
-class TokenModelRecognizer(EntityRecognizer):
-    """Presidio recognizer whose answer is the token model's reading of all the other evidence."""
+class PrefilteredRecognizer(EntityRecognizer):
+    """A recognizer run only on texts where `required`, which every match of it contains, is found.
 
-    def __init__(self, model: TokenPhiModel, evidence_recognizers: list[EntityRecognizer], trusted_rule_score: float) -> None:
-        self.model = model
-        self.evidence_recognizers = evidence_recognizers
-        self.trusted_rule_score = trusted_rule_score
-        super().__init__(supported_entities=ENTITIES, name="TokenModelRecognizer")
+    Presidio's UrlRecognizer tries hundreds of top-level domains at every position of a note: 0.76 ms a
+    PhysioNet note, a tenth of all detection; a note without a dot before two letters cannot hold a URL."""
+
+    def __init__(self, recognizer: EntityRecognizer, required: re.Pattern) -> None:
+        self.recognizer = recognizer
+        self.required = required
+        super().__init__(supported_entities=recognizer.supported_entities, name=recognizer.name,
+                         supported_language=recognizer.supported_language)
 
     def load(self) -> None:
         pass
 
     def analyze(self, text, entities, nlp_artifacts=None):
-        named_results = recognizer_results(text, nlp_artifacts, self.evidence_recognizers)
-        evidence = collect_evidence(nlp_artifacts, named_results, self.trusted_rule_score)
-        # Precise structured patterns, and context rules this sure of themselves ("MRN: 123", "Dr. Smith",
-        # "93-year-old"), stand on their own.
-        # (As new results: Presidio drops results whose metadata names a recognizer the analyzer did not run.)
-        trusted = [RecognizerResult(r.entity_type, r.start, r.end, r.score) for name, r in named_results
-                   if is_sure(name, r, self.trusted_rule_score)]
-        predicted = [RecognizerResult(s.entity_type, s.start, s.end, s.score) for s in self.model.predict(text, evidence)]
-        return predicted + trusted
+        return self.recognizer.analyze(text, entities, nlp_artifacts) if self.required.search(text) else []
+
+
+# What every match of a recognizer contains: UrlRecognizer's host ends "[a-z0-9.-].<top-level domain>".
+REQUIRED_TEXT = {"UrlRecognizer": re.compile(r"[a-z0-9.\-]\.[a-z]{2}", re.I)}
 
 
 def evidence_recognizers(nlp_engine: NlpEngine) -> list[EntityRecognizer]:
-    return [r for r in _presidio_recognizers(nlp_engine, PRESIDIO_EVIDENCE) if r.name != "SpacyRecognizer"] + clinical_recognizers()
+    presidio = [r for r in _presidio_recognizers(nlp_engine, PRESIDIO_EVIDENCE) if r.name != "SpacyRecognizer"]
+    return [PrefilteredRecognizer(r, REQUIRED_TEXT[r.name]) if r.name in REQUIRED_TEXT else r for r in presidio] + clinical_recognizers()
 
 
-def build_analyzer(nlp_engine: NlpEngine, model: TokenPhiModel | None, evidence: list[EntityRecognizer],
-                   trusted_rule_score: float = 1.01) -> AnalyzerEngine:
-    """The token model over the evidence recognizers (it also passes on their sure hits), or, without a model, the rules alone."""
+def build_rules_analyzer(nlp_engine: NlpEngine) -> AnalyzerEngine:
+    """Rules-only detection (no token model): Presidio's and our recognizers, scored by Presidio."""
     registry = RecognizerRegistry(supported_languages=["en"])
-    if model is None:
-        for recognizer in _presidio_recognizers(nlp_engine, PRESIDIO_RECOGNIZERS) + clinical_recognizers():
-            registry.add_recognizer(recognizer)
-    else:
-        registry.add_recognizer(TokenModelRecognizer(model, evidence, trusted_rule_score))
+    for recognizer in _presidio_recognizers(nlp_engine, PRESIDIO_RECOGNIZERS) + clinical_recognizers():
+        registry.add_recognizer(recognizer)
     return AnalyzerEngine(nlp_engine=nlp_engine, registry=registry, supported_languages=["en"])
 
 
@@ -324,7 +323,8 @@ def chunk_text(text: str, size: int, overlap: int = 200) -> list[tuple[int, str]
 
 
 class PhiDetector:
-    """PHI spans of many notes: Presidio's AnalyzerEngine over spaCy batches, long notes in windows."""
+    """PHI spans of many notes: the token model over every recognizer's evidence (or, rules only, Presidio's
+    AnalyzerEngine), spaCy batched when a pipeline is configured, long notes in windows."""
 
     def __init__(self, params: DeidentifyParams, model: TokenPhiModel | None = None, root: Path = Path(".")) -> None:
         self.params = params
@@ -333,7 +333,7 @@ class PhiDetector:
         self.model = model
         self.nlp_engine = build_nlp_engine(params.spacy_model)
         self.evidence_recognizers = evidence_recognizers(self.nlp_engine)
-        self.analyzer = build_analyzer(self.nlp_engine, model, self.evidence_recognizers, params.trusted_rule_score)
+        self.analyzer = build_rules_analyzer(self.nlp_engine) if model is None else None
 
     def _chunks(self, texts: list[str]) -> tuple[list[str], list[tuple[int, int]]]:
         pieces, owners = [], []
@@ -343,35 +343,60 @@ class PhiDetector:
                 owners.append((index, offset))
         return pieces, owners
 
-    def _artifacts(self, texts: list[str], progress: bool, description: str):
-        """(note index, chunk offset, chunk, nlp artifacts) for every chunk, spaCy batched."""
+    def _artifacts(self, texts: list[str], progress: bool, description: str, for_analyzer: bool = False):
+        """(note index, chunk offset, chunk, nlp artifacts) for every chunk, spaCy batched. Without a spaCy
+        pipeline (spacy_model: none) only Presidio's AnalyzerEngine reads spaCy's tokens (for context words);
+        for the others spaCy is not run: None."""
         pieces, owners = self._chunks(texts)
         bar = tqdm(total=len(texts), desc=description, unit="note", disable=not progress)
-        batches = self.nlp_engine.process_batch(pieces, language="en", batch_size=self.params.batch_size)
+        if self.params.spacy_model == "none" and not for_analyzer:
+            batches = ((piece, None) for piece in pieces)
+        else:
+            batches = self.nlp_engine.process_batch(pieces, language="en", batch_size=self.params.batch_size)
         for (index, offset), (piece, artifacts) in zip(owners, batches):
             yield index, offset, piece, artifacts
             if offset == 0:
                 bar.update(1)
         bar.close()
 
+    def _readings(self, texts: list[str], progress: bool, description: str):
+        """(note index, chunk offset, chunk, named recognizer results, evidence) for every chunk."""
+        for index, offset, piece, artifacts in self._artifacts(texts, progress, description):
+            named_results = recognizer_results(piece, artifacts, self.evidence_recognizers)
+            yield index, offset, piece, named_results, collect_evidence(artifacts, named_results, self.params.trusted_rule_score)
+
     def evidence(self, texts: list[str], progress: bool = False):
         """What every recognizer and spaCy say about each note: the token model's input."""
         found: list[list[Evidence]] = [[] for _ in texts]
-        for index, offset, piece, artifacts in self._artifacts(texts, progress, "collecting evidence"):
-            named_results = recognizer_results(piece, artifacts, self.evidence_recognizers)
-            found[index].extend(Evidence(e.start + offset, e.end + offset, e.label, e.sure)
-                                for e in collect_evidence(artifacts, named_results, self.params.trusted_rule_score))
+        for index, offset, _, _, evidence in self._readings(texts, progress, "collecting evidence"):
+            found[index].extend(Evidence(e.start + offset, e.end + offset, e.label, e.sure) for e in evidence)
         return found
+
+    def _model_spans(self, texts: list[str], progress: bool):
+        """(note index, chunk offset, chunk, spans) per chunk: the token model's spans, read a batch at a time,
+        and the hits of patterns and context rules sure enough to stand on their own ("MRN: 123", "Dr. Smith")."""
+        readings = self._readings(texts, progress, "detecting PHI")
+        while batch := list(itertools.islice(readings, self.params.batch_size)):
+            predicted = self.model.predict_many([piece for _, _, piece, _, _ in batch], [evidence for *_, evidence in batch])
+            for (index, offset, piece, named_results, _), spans in zip(batch, predicted):
+                trusted = [PhiSpan(r.start, r.end, r.entity_type, r.score) for name, r in named_results
+                           if is_sure(name, r, self.params.trusted_rule_score)]
+                yield index, offset, piece, [PhiSpan(s.start, s.end, s.entity_type, s.score) for s in spans] + trusted
+
+    def _rule_spans(self, texts: list[str], progress: bool):
+        for index, offset, piece, artifacts in self._artifacts(texts, progress, "detecting PHI", for_analyzer=True):
+            results = self.analyzer.analyze(piece, language="en", entities=ENTITIES, nlp_artifacts=artifacts,
+                                            score_threshold=self.params.score_threshold)
+            yield index, offset, piece, [PhiSpan(r.start, r.end, r.entity_type, r.score) for r in results]
 
     def detect(self, texts: list[str], progress: bool = True) -> list[list[PhiSpan]]:
         found: list[list[PhiSpan]] = [[] for _ in texts]
-        for index, offset, piece, artifacts in self._artifacts(texts, progress, "detecting PHI"):
-            results = self.analyzer.analyze(piece, language="en", entities=ENTITIES, nlp_artifacts=artifacts,
-                                            score_threshold=self.params.score_threshold if self.model is None else 0.0)
+        chunks = self._rule_spans(texts, progress) if self.model is None else self._model_spans(texts, progress)
+        for index, offset, piece, spans in chunks:
             found[index].extend(
-                PhiSpan(r.start + offset, r.end + offset, ENTITY_ALIASES.get(r.entity_type, r.entity_type), r.score)
-                for r in results
-                if not (r.entity_type == "PERSON" and piece[r.start : r.end].strip(" .").lower() in STOP_WORDS)
+                PhiSpan(s.start + offset, s.end + offset, ENTITY_ALIASES.get(s.entity_type, s.entity_type), s.score)
+                for s in spans
+                if not (s.entity_type == "PERSON" and piece[s.start : s.end].strip(" .").lower() in STOP_WORDS)
             )
         min_score = self.params.propagate_score if self.model is not None else 0.0
         vocabulary = self.model.vocabulary if self.model is not None else frozenset()

@@ -25,6 +25,12 @@ def _detect_batch(texts: list[str]) -> list[list[PhiSpan]]:
     return _WORKER.detect(texts, progress=False)
 
 
+def worker_batches(texts: list[str], batch_size: int, workers: int) -> list[list[str]]:
+    """Batches of at most `batch_size`, and at least 8 per worker, so that no worker idles long at the end."""
+    size = max(1, min(batch_size, -(-len(texts) // (8 * workers))))
+    return [texts[i : i + size] for i in range(0, len(texts), size)]
+
+
 def detect_texts(texts: list[str], params: DeidentifyParams, root: Path, workers: int | None = None,
                  progress: bool = True, detector: PhiDetector | None = None) -> list[list[PhiSpan]]:
     """PHI spans of every text, in `workers` processes.
@@ -36,7 +42,7 @@ def detect_texts(texts: list[str], params: DeidentifyParams, root: Path, workers
     workers = workers or params.workers
     if workers <= 1 or len(texts) < 2 * params.batch_size:
         return (detector or PhiDetector(params, root=root)).detect(texts, progress=progress)
-    batches = [texts[i : i + params.batch_size] for i in range(0, len(texts), params.batch_size)]
+    batches = worker_batches(texts, params.batch_size, workers)
     if "fork" in multiprocessing.get_all_start_methods():
         _WORKER = detector or PhiDetector(params, root=root)
         pool = multiprocessing.get_context("fork").Pool(workers)

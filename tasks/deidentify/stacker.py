@@ -45,9 +45,15 @@ class PhiStacker:
         self.rules = rules
         self.trees = trees
         self._words: dict[str, list[float]] = {}
-        # "rule=X" -> its column; "-1:rule=X" and "1:rule=X" (a neighbour's hit) -> the column after all rules
-        self._rule_columns = {**{r: j for j, r in enumerate(rules)}, **{f"-1:{r}": len(rules) + j for j, r in enumerate(rules)},
-                              **{f"1:{r}": len(rules) + j for j, r in enumerate(rules)}}
+        # feature -> (column, value) among the columns that depend on the token's place in the note: the case of
+        # the note and the date form of the token's chunk (ordinal), then "rule=X" and a neighbour's "-1:rule=X"
+        # or "1:rule=X" (0/1)
+        self._place_columns = {
+            **{f"case={v}": (0, float(j)) for j, v in enumerate(CATEGORIES["case="])},
+            **{f"chunk_date={v}": (1, float(j)) for j, v in enumerate(CATEGORIES["chunk_date="])},
+            **{r: (2 + j, 1.0) for j, r in enumerate(rules)},
+            **{f"{offset}:{r}": (2 + len(rules) + j, 1.0) for j, r in enumerate(rules) for offset in (-1, 1)},
+        }
 
     def __getstate__(self) -> dict:
         return {"rules": self.rules, "trees": self.trees}
@@ -63,27 +69,28 @@ class PhiStacker:
     def note_matrix(self, words: list[str], features: list[list[str]], phi: np.ndarray, marginals: np.ndarray,
                     surely_found: np.ndarray) -> np.ndarray:
         """One row per token; `words` as written, `phi` the CRF's P(PHI), `marginals` its class columns."""
+        n = len(features)
         lowered = [w.lower() for w in words]
         count = Counter(lowered)
         most_sure: dict[str, float] = defaultdict(float)
         for word, p in zip(lowered, phi):
             most_sure[word] = max(most_sure[word], p)
         padded = np.concatenate([[-1.0, -1.0], phi, [-1.0, -1.0]])
-        rows = []
+        in_note = [[most_sure[w], count[w], float(word[:1].isdigit())] for w, word in zip(lowered, words)]
+        place = np.zeros((n, 2 + 2 * len(self.rules)))
+        place[:, :2] = -1.0  # category unknown
         for i, row_features in enumerate(features):
-            row = [phi[i], *marginals[i], float(surely_found[i])]
-            row += [padded[i + 2 + offset] for offset in NEIGHBOURS]
-            row += [most_sure[lowered[i]], count[lowered[i]], float(words[i][:1].isdigit())]
-            row += self._word_columns(words[i], row_features)
-            case, chunk_date = _value(row_features, "case="), _value(row_features, "chunk_date=")
-            row += [_category("case=", case), _category("chunk_date=", chunk_date)]
-            rules = [0.0] * (2 * len(self.rules))
             for feature in row_features:
-                column = self._rule_columns.get(feature)
-                if column is not None:
-                    rules[column] = 1.0
-            rows.append(row + rules)
-        return np.array(rows, dtype=float).reshape(len(features), -1)
+                hit = self._place_columns.get(feature)
+                if hit is not None:
+                    place[i, hit[0]] = hit[1]
+        return np.hstack([
+            phi.reshape(n, 1), marginals.reshape(n, -1), surely_found.reshape(n, 1).astype(float),
+            np.stack([padded[2 + offset : 2 + offset + n] for offset in NEIGHBOURS], axis=1),
+            np.array(in_note, dtype=float).reshape(n, 3),
+            np.array([self._word_columns(w, f) for w, f in zip(words, features)], dtype=float).reshape(n, -1),
+            place,
+        ])
 
     def _word_columns(self, word: str, row_features: list[str]) -> list[float]:
         """Columns that depend on the word alone, computed once per word."""

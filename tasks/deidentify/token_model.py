@@ -69,6 +69,7 @@ def shape(word: str) -> str:
 GLUED_DATE = re.compile(r"[A-Za-z]{0,3}-?(\d{1,2}[/\-]\d{1,2}(?:[/\-]\d{2,4})?)(?:[\-/>]+[A-Za-z]*)?")
 
 
+@functools.lru_cache(maxsize=100_000)
 def _date_like(chunk: str) -> str:
     """Whether a chunk of digits reads as a valid month/day(/year), or as something else."""
     glued = GLUED_DATE.fullmatch(chunk)
@@ -202,14 +203,17 @@ class FeatureExtractor:
                     covering[index].add(item.label)
                 index += 1
 
+        gaps = ["<start>", *(_separator(text[tokens[i - 1][1] : tokens[i][0]]) for i in range(1, len(tokens))), "<end>"]
         rows = []
+        chunk_features: dict[str, tuple[str, str, str]] = {}
         for i, (start, end) in enumerate(tokens):
             own, _ = word_features[i]
             chunk = _chunk(text, start, end)
-            date_form = _date_like(chunk)
-            previous_gap = _separator(text[tokens[i - 1][1] : start]) if i else "<start>"
-            next_gap = _separator(text[end : tokens[i + 1][0]]) if i + 1 < len(tokens) else "<end>"
-            f = ["bias", f"case={case}", f"case_shape={case}{shapes[i][:2]}", f"chunk={shape(chunk)}", f"chunk_date={date_form}",
+            if chunk not in chunk_features:
+                chunk_features[chunk] = (_date_like(chunk), f"chunk={shape(chunk)}", f"chunk_date={_date_like(chunk)}")
+            date_form, chunk_shape, chunk_date = chunk_features[chunk]
+            previous_gap, next_gap = gaps[i], gaps[i + 1]
+            f = ["bias", f"case={case}", f"case_shape={case}{shapes[i][:2]}", chunk_shape, chunk_date,
                  f"gap_before={previous_gap}", f"gap_after={next_gap}", *own]
             if "unknown_word" in own:
                 f.append(f"unknown_word_{case}")
@@ -291,26 +295,31 @@ class TokenPhiModel:
         return np.array([[self.tagger.marginal(label, i) for label in self.classes] for i in range(len(features))])
 
     def stacker_matrix(self, text: str, tokens: list[tuple[int, int]], features: list[list[str]], marginals: np.ndarray,
-                       surely_found: np.ndarray, stacker: PhiStacker | None = None) -> np.ndarray:
-        phi = phi_probability(text, tokens, marginals, self.outside_column)
+                       surely_found: np.ndarray, stacker: PhiStacker | None = None, nil: np.ndarray | None = None) -> np.ndarray:
+        phi = phi_probability(text, tokens, marginals, self.outside_column, nil)
         words = [text[start:end] for start, end in tokens]
         return (stacker or self.stacker).note_matrix(words, features, phi, marginals, surely_found)
 
-    def read(self, text: str, tokens: list[tuple[int, int]], features: list[list[str]], surely_found: np.ndarray) -> np.ndarray:
-        """Class probabilities per token: the CRF's marginals, their P(PHI) replaced by the stacker's."""
-        marginals = self.marginals(features)
-        if self.stacker is None or not len(tokens):
-            return marginals
-        phi = self.stacker.phi(self.stacker_matrix(text, tokens, features, marginals, surely_found))
-        return with_phi(marginals, phi, self.outside_column)
-
-    def token_probabilities(self, text: str, evidence: list[Evidence]) -> tuple[list[tuple[int, int]], np.ndarray]:
-        tokens, rows = self.features.note_features(text, evidence)
-        return tokens, self.read(text, tokens, rows, surely_found(tokens, evidence))
+    def predict_many(self, texts: list[str], evidence: list[list[Evidence]]) -> list[list[TokenSpan]]:
+        """PHI spans of each text given what the recognizers said about it. The stacker reads all the texts'
+        tokens at once: a tree ensemble walked once per batch, not once per note."""
+        readings = []
+        for text, found in zip(texts, evidence):
+            tokens, rows = self.features.note_features(text, found)
+            readings.append((text, tokens, rows, self.marginals(rows), nil_tokens(text, tokens), surely_found(tokens, found)))
+        read = [r for r in readings if len(r[1])]
+        if self.stacker is not None and read:
+            matrices = [self.stacker_matrix(text, tokens, rows, marginals, sure, nil=nil)
+                        for text, tokens, rows, marginals, nil, sure in read]
+            stacked = iter(np.split(self.stacker.phi(np.vstack(matrices)), np.cumsum([len(m) for m in matrices])[:-1]))
+            readings = [(text, tokens, rows, with_phi(marginals, next(stacked), self.outside_column) if len(tokens) else marginals,
+                         nil, sure) for text, tokens, rows, marginals, nil, sure in readings]
+        return [spans_from_tokens(text, tokens, probabilities, self.classes, self.outside_column, self.threshold,
+                                  phi_probability(text, tokens, probabilities, self.outside_column, nil))
+                for text, tokens, _, probabilities, nil, _ in readings]
 
     def predict(self, text: str, evidence: list[Evidence]) -> list[TokenSpan]:
-        tokens, probabilities = self.token_probabilities(text, evidence)
-        return spans_from_tokens(text, tokens, probabilities, self.classes, self.outside_column, self.threshold)
+        return self.predict_many([text], [evidence])[0]
 
     def save(self, path: Path, card: dict | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,11 +379,9 @@ def is_measurement(text: str, start: int, end: int) -> bool:
     return bool(SCORE_CHUNK.fullmatch(chunk) and (SCORE_CONTEXT.search(before) or SCORE_CONTEXT.search(after)))
 
 
-def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.ndarray, outside_column: int) -> np.ndarray:
-    """P(PHI) per token: shared within a date, nil for clinical shorthand, a lone letter ("S:") and measurements."""
-    if not len(tokens):
-        return np.zeros(0)
-    phi = share_within_chunks(text, tokens, 1.0 - probabilities[:, outside_column])
+def nil_tokens(text: str, tokens: list[tuple[int, int]]) -> np.ndarray:
+    """Tokens that are never PHI: clinical shorthand, a lone letter ("S:") and measurements."""
+    nil = np.zeros(len(tokens), dtype=bool)
     for index, (start, end) in enumerate(tokens):
         word = text[start:end]
         after = text[end : end + 2]
@@ -382,8 +389,17 @@ def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.
         lone_letter = len(word) == 1 and word.isalpha() and not (after[:1] in (".", "'") or (after[:1] == " " and after[1:].isalpha()))
         lone_letter = lone_letter or (len(word) == 1 and word in "LRlr" and after[:1] != ".")  # left, right: "L radial a-line"
         numeric = any(c.isdigit() for c in word) and is_measurement(text, start, end)
-        if lone_letter or word.lower() in CLINICAL_SHORTHAND or numeric:
-            phi[index] = 0.0
+        nil[index] = lone_letter or word.lower() in CLINICAL_SHORTHAND or numeric
+    return nil
+
+
+def phi_probability(text: str, tokens: list[tuple[int, int]], probabilities: np.ndarray, outside_column: int,
+                    nil: np.ndarray | None = None) -> np.ndarray:
+    """P(PHI) per token: shared within a date, nil for `nil_tokens` (pass them when already known)."""
+    if not len(tokens):
+        return np.zeros(0)
+    phi = share_within_chunks(text, tokens, 1.0 - probabilities[:, outside_column])
+    phi[nil_tokens(text, tokens) if nil is None else nil] = 0.0
     return phi
 
 
