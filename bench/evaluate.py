@@ -18,8 +18,8 @@ import pandas as pd
 from peft import PeftModel
 
 from tasks.evaluate.evaluation import flag_outputs, held_out_items, in_scope, robustness, safety_separation, score_items, summarise
-from tasks.evaluate.scoring import AdapterEngine
-from tasks.finetune.base_model import load_base
+from tasks.finetune.inference import AdapterEngine
+from tasks.base_model import load_base
 from tasks.params import load_params
 
 

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.finetune import ADAPTERS_DIR  # noqa: E402
 from flows.validate import VALIDATED_DIR  # noqa: E402
 from tasks.evaluate.metrics import accuracy, macro_f1, rouge_l  # noqa: E402
-from tasks.finetune.base_model import load_base, pick_device  # noqa: E402
+from tasks.base_model import load_base, pick_device  # noqa: E402
 from tasks.finetune.examples import ANSWERS, Request, answer_of  # noqa: E402
 from tasks.finetune.expert_data import expert_records  # noqa: E402
 from tasks.finetune.inference import answer_probabilities, best_answer, generate  # noqa: E402
-from tasks.finetune.train import autocast, resolve_precision  # noqa: E402
+from tasks.finetune.precision import autocast, resolve_precision  # noqa: E402
 from tasks.params import MULTITASK_EXPERT, load_params  # noqa: E402
 
 

@@ -44,9 +44,10 @@ BASELINE = "HF Trainer + PEFT"
 TARGET_SPEEDUP = 2.0
 LOSS_TOLERANCE_PERCENT = 2.0
 
-from tasks.finetune.base_model import load_base, pick_device, prepare_base_model  # noqa: E402
+from tasks.base_model import load_base, pick_device, prepare_base_model  # noqa: E402
 from tasks.finetune.examples import IGNORE_INDEX, Request, TokenizedExample, tokenize_example  # noqa: E402
-from tasks.finetune.train import add_lora, epoch_batches, evaluate_loss, resolve_precision, train_expert_adapter  # noqa: E402
+from tasks.finetune.precision import resolve_precision  # noqa: E402
+from tasks.finetune.train import add_lora, epoch_batches, evaluate_loss, train_expert_adapter  # noqa: E402
 from tasks.params import FinetuneParams  # noqa: E402
 
 

@@ -18,6 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole pipeline, re-using up-to-date stages")
     run.add_argument("--force", action="store_true", help="run every stage even when DVC says it is up to date")
+    run.add_argument("--preset", metavar="NAME|FILE",
+                     help="merge presets/NAME.yaml (or this YAML file) into params.yaml before the run, e.g. --preset tiny")
+    run.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                     help="set one param in params.yaml before the run (dotted key, YAML value), e.g. "
+                          "--set finetune.max_steps=50; repeatable, applied after --preset")
+    run.add_argument("--dry-run", action="store_true",
+                     help="with --preset/--set: validate and show what would change in params.yaml, then stop")
     stage = commands.add_parser("stage", help="run one stage (what dvc repro calls)")
     from flows.pipeline import STAGE_FLOWS
 
@@ -64,13 +71,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "promote":
         return run_promote_command(args, root)
 
-    from flows.pipeline import pipeline_flow, print_summary, run_stage
+    if args.command == "run":
+        if args.dry_run and not (args.preset or args.assignments):
+            parser.error("--dry-run shows what --preset and --set would change: give one of them")
+        return run_pipeline_command(args, root)
+    from flows.pipeline import run_stage
 
-    if args.command == "stage":
-        run_stage(args.name, root)
-        return 0
+    run_stage(args.name, root)
+    return 0
+
+
+def run_pipeline_command(args, root: Path) -> int:
+    """Write --preset and --set into params.yaml (as `dvc exp run -S` does, so dvc.lock records them and DVC
+    re-runs the stages they touch), then run the pipeline inside one MLflow run that records them."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from tasks.params import apply_overrides, load_params
+
+    console = Console(stderr=True, soft_wrap=True)
+    edit = None
+    if args.preset or args.assignments:
+        try:
+            edit = apply_overrides(root, args.preset, args.assignments, write=not args.dry_run)
+        except (ValueError, FileNotFoundError) as error:
+            console.print("[red]error:[/red]", escape(str(error)))
+            return 2
+        applied = ", ".join(([f"preset {edit.preset}"] if edit.preset else []) + [f"--set {a}" for a in args.assignments])
+        if not edit.changes:
+            console.print(escape(f"params.yaml already has {applied}: nothing to change"))
+        else:
+            console.print(escape(f"params.yaml {'would change' if args.dry_run else 'changed'} ({applied}):"))
+            for line in edit.describe():
+                console.print(f"  {escape(line)}")
+        if args.dry_run:
+            return 0
+
+    from flows.pipeline import pipeline_flow, print_summary
+    from tasks.tracking import pipeline_run
+
     started = time.perf_counter()
-    reports = pipeline_flow(root=str(root), force=args.force)
+    with pipeline_run(load_params(root), root, edit):
+        reports = pipeline_flow(root=str(root), force=args.force)
     print_summary(reports, time.perf_counter() - started)
     return 0
 

@@ -19,6 +19,7 @@ from flows.promote import promote_flow
 from flows.stage_runtime import stage_run
 from flows.validate import VALIDATED_DIR
 from tasks.evaluate.evaluation import held_out_items
+from tasks.finetune.inference import InferenceCache
 from tasks.evaluate.stage import (EVALUATION_DIR, EVALUATION_FILE, base_engine_factory, candidate_refs,
                                   evaluate_candidates, queue_items)
 from tasks.promote.gate import CHAMPION, alias_version
@@ -67,7 +68,10 @@ def evaluate(root, params) -> tuple[dict, list]:
     champions = {r.model: v for r in refs if (v := alias_version(client, r.model, CHAMPION))}
     items = held_out_items(params, root, pd.read_parquet(root / VALIDATED_DIR / "test.parquet"))
     logger.info("%s candidates on %s held-out requests: %s", len(refs), len(items), ", ".join(r.key for r in refs))
-    evaluation, results = evaluate_candidates(params, items, refs, base_engine_factory(params, root), champions)
+    cache = InferenceCache.for_project(root)
+    evaluation, results = evaluate_candidates(params, items, refs, base_engine_factory(params, root), champions, cache=cache)
+    logger.info("inference cache: %s results re-used, %s computed", cache.hits, cache.misses)
+    evaluation["inference_cache"] = {"reused": cache.hits, "computed": cache.misses}
     return evaluation, queue_items(refs, results, params.review.items_per_candidate, params.seed)
 
 

@@ -7,7 +7,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.stage_runtime import stage_run
 from flows.validate import VALIDATED_DIR
-from tasks.finetune.base_model import load_base, pick_device
+from tasks.base_model import load_base, pick_device
 from tasks.finetune.examples import Request, answer_of
 from tasks.finetune.expert_data import expert_records
 from tasks.finetune.inference import answer_probabilities, best_answer
@@ -38,7 +38,7 @@ def train_expert(root: Path, params, expert: str, splits: dict[str, pd.DataFrame
 
 def validation_accuracy(model, tokenizer, val: list[tuple[Request, str]], settings) -> float:
     probabilities = answer_probabilities(model, tokenizer, [r for r, _ in val], settings.max_source_tokens,
-                                         settings.generation_batch_size)
+                                         settings.generation_batch_size, precision=settings.precision)
     correct = sum(best_answer(p) == answer_of(target) for p, (_, target) in zip(probabilities, val))
     return round(correct / len(val), 4)
 

@@ -5,7 +5,7 @@ import json
 from prefect import flow, task
 
 from flows.stage_runtime import stage_run
-from tasks.finetune.base_model import PREPARED_DIR, prepare_base_model
+from tasks.base_model import PREPARED_DIR, prepare_base_model
 
 
 @task(persist_result=False)

@@ -11,7 +11,8 @@ from prefect.artifacts import create_table_artifact
 from flows.finetune import ADAPTERS_DIR
 from flows.stage_runtime import stage_run
 from flows.validate import VALIDATED_DIR
-from tasks.finetune.base_model import resolve_base_model
+from tasks.base_model import resolve_base_model
+from tasks.finetune.inference import InferenceCache
 from tasks.register.registry import register_composed_expert, register_router
 from tasks.route.evaluate import plot_confusion, plot_downstream, plot_utilisation
 from tasks.route.stage import (COMPOSED_DIR, EVALUATION_FILE, ROUTER_DIR, ROUTER_MODEL_DIR, compose_experts, downstream_table,
@@ -26,7 +27,7 @@ def train_and_evaluate(root: Path, params) -> dict:
     logger = get_run_logger()
     if (root / ROUTER_DIR).exists():
         shutil.rmtree(root / ROUTER_DIR)
-    setup = prepare(params, root, root / ADAPTERS_DIR, read_notes(root, VALIDATED_DIR))
+    setup = prepare(params, root, root / ADAPTERS_DIR, read_notes(root, VALIDATED_DIR), cache=InferenceCache.for_project(root))
     router, log, train_loss = train_router(setup)
     router.save(root / ROUTER_MODEL_DIR)
     evaluation = {"strategy": params.route.strategy, "experts": setup.experts,

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
+import io
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -324,3 +330,247 @@ def load_params(root: Path | str = ".", overrides: dict | None = None) -> Params
         return Params.model_validate(raw)
     except ValidationError as error:
         raise ValueError(f"{path} is not valid:\n{error}") from None
+
+
+
+# --- Presets and `--set` overrides, written into params.yaml the way `dvc exp run -S` does ---------------------
+# DVC records params from params.yaml, so an override lives there: dvc.lock then holds it, and DVC's own status
+# re-runs exactly the stages whose params it touches. The file is edited round-trip (ruamel.yaml, which DVC
+# itself uses) so that its comments and layout survive.
+
+PRESETS_DIR = "presets"
+ABSENT = object()  # the old value of a key that params.yaml did not have
+
+
+@dataclass
+class ParamsEdit:
+    """What a preset and `--set` assignments did (or, in a dry run, would do) to params.yaml."""
+
+    preset: str | None = None                                  # the preset's name, or the path it was read from
+    assignments: dict[str, Any] = field(default_factory=dict)  # dotted key -> parsed YAML value, in the order given
+    changes: list[tuple[str, Any, Any]] = field(default_factory=list)  # (dotted key, old or ABSENT, new)
+    written: bool = False
+
+    def describe(self) -> list[str]:
+        return [f"{key}: {yaml_line(old)} -> {yaml_line(new)}" for key, old, new in self.changes]
+
+
+def yaml_line(value: Any) -> str:
+    """A value as one line of YAML, as a person would type it after --set."""
+    if value is ABSENT:
+        return "(absent)"
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, sort_keys=False, width=10**6)
+    return text.removesuffix("\n").removesuffix("\n...")  # a scalar document ends with "..."
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`finetune.max_steps=50` -> ("finetune.max_steps", 50): the value is YAML, so `true`, `[a, b]`, `null` are typed."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set {text!r} is not KEY=VALUE with a dotted key, e.g. --set finetune.max_steps=50")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {key}: the value {raw!r} is not valid YAML ({getattr(error, 'problem', error)})") from None
+
+
+def read_preset(preset: str, root: Path | str = ".") -> tuple[str, dict]:
+    """A preset by name (presets/NAME.yaml in the project) or by path to a YAML file: (its label, its tree)."""
+    root = Path(root)
+    is_path = preset.endswith((".yaml", ".yml")) or "/" in preset or os.sep in preset
+    path = Path(preset) if is_path else root / PRESETS_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / PRESETS_DIR).glob("*.yaml"))
+        raise ValueError(f"preset {preset!r} not found (no file {path}): give a name from {root / PRESETS_DIR} "
+                         f"({', '.join(known) or 'none there'}) or the path of a YAML file")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"preset {path} is not valid YAML: {error}") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"preset {path} must be a mapping of params (a part of params.yaml), not a {type(tree).__name__}")
+    return (preset if is_path else path.stem), tree
+
+
+def _round_trip_yaml():
+    from ruamel.yaml import YAML
+
+    handler = YAML()  # round-trip: comments, key order, flow style and the spelling of numbers are kept
+    handler.preserve_quotes = True
+    handler.indent(mapping=2, sequence=4, offset=2)  # params.yaml's layout: "  - {...}" under a key
+    handler.width = 4096                             # never re-wrap a long flow line
+    handler.representer.add_representer(  # `null`, not an empty value
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return handler
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Equal as YAML values: 1 is not true, 1 is not 1.0; ruamel's ScalarFloat 3.0e-4 is the float 0.0003."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return isinstance(a, int) == isinstance(b, int) and a == b
+    return type(a) is type(b) and a == b or isinstance(a, str) and isinstance(b, str) and a == b
+
+
+def _node(value: Any, round_trip: bool) -> Any:
+    """A copy of a new value; in the round-trip tree a new dict or list is written on one line, as params.yaml does."""
+    if not round_trip:
+        return copy.deepcopy(value)
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    if isinstance(value, dict):
+        node = CommentedMap((k, _node(v, True)) for k, v in value.items())
+    elif isinstance(value, list):
+        node = CommentedSeq(_node(v, True) for v in value)
+    else:
+        return value
+    node.fa.set_flow_style()
+    return node
+
+
+def _merge_into(target: MutableMapping, override: dict, round_trip: bool) -> None:
+    """`deep_merge` in place, touching only the values that change (so the others keep their spelling)."""
+    if round_trip and not target and override:
+        target.fa.set_flow_style()  # an empty mapping was written `{}`: keep it on one line
+    for key, value in override.items():
+        current = target.get(key, ABSENT)
+        if isinstance(value, dict) and isinstance(current, MutableMapping):
+            _merge_into(current, value, round_trip)
+        elif not _equal(current, value):
+            target[key] = _node(value, round_trip)
+
+
+def _set_dotted(tree: MutableMapping, key: str, value: Any, round_trip: bool) -> None:
+    """`--set a.b.c=v` replaces the value at a.b.c; mappings missing on the way are created (validation judges them)."""
+    *parents, last = key.split(".")
+    node = tree
+    for depth, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = _node({}, round_trip)
+        if not isinstance(child, MutableMapping):
+            where = ".".join(parents[: depth + 1])
+            raise ValueError(f"--set {key}: {where} is {yaml_line(child)}, not a mapping of settings; set {where} itself")
+        node = child
+    if not _equal(node.get(last, ABSENT), value):
+        node[last] = _node(value, round_trip)
+
+
+def _leaf_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys += _leaf_keys(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return keys
+
+
+def _leaf_changes(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in [*old, *(k for k in new if k not in old)]:
+            changes += _leaf_changes(old.get(key, ABSENT), new.get(key, ABSENT), f"{prefix}{key}.")
+        return changes
+    return [] if _equal(old, new) else [(prefix.removesuffix("."), old, new)]
+
+
+def _validation_message(error: ValidationError, sources: list[tuple[str, str]], before: dict, prefix: tuple = ()) -> str:
+    """One line per problem: the key, what is wrong, and the flag (preset or --set) that put it there."""
+    lines = []
+    for problem in error.errors():
+        problem["loc"] = (*prefix, *problem["loc"])
+        loc = ".".join(str(part) for part in problem["loc"])
+        source = next((flag for key, flag in reversed(sources)
+                       if loc == key or loc.startswith(f"{key}.") or key.startswith(f"{loc}.")), None)
+        if problem["type"] == "extra_forbidden":
+            parent, _, name = loc.rpartition(".")
+            siblings = before
+            for part in parent.split(".") if parent else []:
+                siblings = siblings.get(part) if isinstance(siblings, dict) else None
+            close = difflib.get_close_matches(name, list(siblings) if isinstance(siblings, dict) else [], n=1)
+            detail = "unknown key" + (f" (did you mean {'.'.join([*problem['loc'][:-1], close[0]])}?)" if close else "")
+        elif problem["loc"]:
+            detail = f"{problem['msg'].removeprefix('Value error, ')}, got {yaml_line(problem['input'])}"
+        else:
+            detail = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {loc or 'params'}: {detail}" + (f"  (from {source})" if source else ""))
+    return "\n".join(lines)
+
+
+def apply_overrides(root: Path | str = ".", preset: str | None = None, assignments: list[str] | tuple = (),
+                    merge: dict | None = None, write: bool = True) -> ParamsEdit:
+    """Merge a preset, then `merge` (a partial params tree), then each `KEY=VALUE` assignment into params.yaml.
+
+    The result is validated as `Params` (and every trained expert's finetune overrides) before anything is
+    written: a bad key or value raises ValueError naming it and the flag it came from, and params.yaml stays as
+    it was. write=False only reports what would change (a dry run)."""
+    path = Path(root) / PARAMS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run medlora from the project root (where params.yaml is)")
+    text = path.read_text()
+    before = yaml.safe_load(text) or {}
+    edit = ParamsEdit()
+    layers: list[tuple[str | None, Any]] = []  # (dotted key for a --set, or None for a merge; value), in order
+    sources: list[tuple[str, str]] = []        # (dotted key, the flag that set it)
+    if preset is not None:
+        edit.preset, tree = read_preset(preset, root)
+        layers.append((None, tree))
+        sources += [(key, f"preset {edit.preset}") for key in _leaf_keys(tree)]
+    if merge:
+        layers.append((None, merge))
+    for assignment in assignments:
+        key, value = parse_assignment(assignment)
+        edit.assignments[key] = value
+        layers.append((key, value))
+        sources.append((key, f"--set {assignment}"))
+
+    def apply(tree: MutableMapping, round_trip: bool) -> None:
+        for key, value in layers:
+            if key is None:
+                _merge_into(tree, value, round_trip)
+            else:
+                _set_dotted(tree, key, value, round_trip)
+
+    after = copy.deepcopy(before)
+    apply(after, round_trip=False)
+    problem = f"{path} would not be valid with these overrides, so it was not changed:\n"
+    try:
+        params = Params.model_validate(after)
+    except ValidationError as error:
+        raise ValueError(problem + _validation_message(error, sources, before)) from None
+    # per-expert finetune overrides are only merged when that expert trains: check them now, not hours later
+    settings = params.finetune
+    for where, overrides in [(("finetune", "multitask_overrides"), settings.multitask_overrides),
+                             *((("finetune", "task_experts", name, "overrides"), task.overrides)
+                               for name, task in settings.task_experts.items())]:
+        try:
+            FinetuneParams.model_validate(deep_merge(settings.model_dump(), overrides))
+        except ValidationError as error:
+            raise ValueError(problem + _validation_message(error, sources, before, where)) from None
+    edit.changes = _leaf_changes(before, after)
+    if not write or not edit.changes:
+        return edit
+
+    handler = _round_trip_yaml()
+    document = handler.load(text)
+    apply(document, round_trip=True)
+    buffer = io.StringIO()
+    handler.dump(document, buffer)
+    if yaml.safe_load(buffer.getvalue()) != after:  # the edited text must mean exactly the tree that was validated
+        raise RuntimeError(f"editing {path} round-trip did not give the validated params, so it was not changed")
+    path.write_text(buffer.getvalue())
+    edit.written = True
+    return edit

@@ -8,14 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MEDLORA_DEID_KEY", "medlora-test-key")  # the same pseudonyms, hence splits, every run
 
-from tasks.params import deep_merge  # noqa: E402
+from tasks.params import apply_overrides  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -43,10 +42,8 @@ def make_project(directory: Path, preset: str = "tiny", overrides: dict | None =
         shutil.copy(PROJECT / name, directory / name)
     shutil.copytree(PROJECT / "tasks", directory / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(PROJECT / "models" / "deid", directory / "models" / "deid")  # the shipped PHI token model
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params = deep_merge(params, yaml.safe_load((PROJECT / "presets" / f"{preset}.yaml").read_text()))
-    params = deep_merge(params, overrides or {})
-    (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(PROJECT / "params.yaml", directory / "params.yaml")  # what `medlora run --preset` does, comments kept
+    apply_overrides(directory, str(PROJECT / "presets" / f"{preset}.yaml"), merge=overrides)
     git = ["git", "-c", "user.email=test@medlora", "-c", "user.name=medlora-test"]
     subprocess.run([*git, "init", "-q"], cwd=directory, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=directory, check=True, env=_venv_env())

@@ -11,10 +11,11 @@ from peft import PeftModel
 from tasks.evaluate.evaluation import (HeldOutItem, ScoredItem, flag_outputs, in_scope, perturbed_item, review_sample,
                                        safety_separation, score_items, summarise)
 from tasks.evaluate.metrics import expected_calibration_error, perplexity, separation_auroc
-from tasks.evaluate.scoring import AdapterEngine, scored_answers, scored_generate, target_token_losses
-from tasks.finetune.base_model import load_base, prepare_base_model
+from tasks.finetune.inference import AdapterEngine, scored_answers, scored_generate, target_token_losses
+from tasks.base_model import load_base, prepare_base_model
 from tasks.finetune.examples import Request, prompt_ids, tokenize_example
-from tasks.finetune.train import add_lora, evaluate_loss, resolve_precision
+from tasks.finetune.precision import resolve_precision
+from tasks.finetune.train import add_lora, evaluate_loss
 from tasks.params import FinetuneParams, LoraParams, load_params
 
 from .conftest import PROJECT

@@ -4,12 +4,13 @@ import time
 
 import pytest
 
-from tasks.corpus.clinical_content import CONDITIONS
 from tasks.corpus.generate import generate_corpus
 from tasks.evaluate.adversarial import PERTURBATIONS, perturb
-from tasks.evaluate.clinical_terms import CriticalError, clinical_mentions, critical_errors, unsupported_entities
+from tasks.evaluate.clinical_lexicon import diagnosis_terms, drug_terms, icd_terms
+from tasks.evaluate.clinical_terms import (POST_NEGATIONS, PSEUDO_NEGATIONS, CriticalError, clinical_mentions, critical_errors,
+                                          unsupported_entities)
 
-from .conftest import shared_corpus
+from .conftest import PROJECT, shared_corpus
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +34,27 @@ def test_mentions_have_kinds_spans_and_prefer_the_longest_term():
     assert all(text[m.start : m.end].lower() == m.term for m in mentions)
 
 
-def test_mentions_are_normalised_across_case_hyphens_plurals_and_abbreviations():
-    assert found("COMMUNITY-ACQUIRED PNEUMONIAS") == {"community acquired pneumonia": ("diagnosis", False)}
-    assert found("Known COPD and CHF.") == {
-        "chronic obstructive pulmonary disease": ("diagnosis", False),
-        "heart failure": ("diagnosis", False),
-    }
+def test_mentions_are_normalised_across_case_hyphens_plurals_and_brand_names():
+    assert found("URINARY-TRACT INFECTIONS") == {"urinary tract infection": ("diagnosis", False)}
+    # The drug dictionary maps brands to their generic name.
+    assert found("Started Coumadin and Tylenol.") == {"warfarin": ("drug", False), "acetaminophen": ("drug", False)}
     # Words split by punctuation are not one term.
     assert "heart failure" not in found("Heart. Failure to thrive is unrelated.")
+    assert "heart failure" in found("Heart failure.")
 
 
-def test_morphology_finds_unlisted_terms_but_not_false_friends():
+def test_the_vocabulary_comes_from_icd_10_cm_and_the_drug_dictionary_not_everyday_english():
+    assert icd_terms("Essential (primary) hypertension") == ["essential hypertension"]
+    assert icd_terms("Pneumonia, unspecified organism") == ["pneumonia"]
+    assert icd_terms("Type 2 diabetes mellitus without complications") == ["type 2 diabetes mellitus"]
+    assert icd_terms("Bone and joint lesions of yaws") == []  # half a phrase
+    assert icd_terms("Pain, unspecified") == []  # everyday English
+    assert {"hypertension", "chest pain", "night sweats", "pneumonia"} <= diagnosis_terms()
+    assert drug_terms()["lasix"] == "furosemide"
+    assert found("He did well and was discharged home in the morning.") == {}
+
+
+def test_morphology_finds_unlisted_terms_but_not_english_words_or_anatomy():
     assert found("Cholangitis treated with esmolol before nephrolithotomy.") == {
         "cholangitis": ("diagnosis", False),
         "esmolol": ("drug", False),
@@ -68,7 +79,8 @@ def test_negation_scope_runs_to_the_clause_end_and_stops_at_but():
     }
 
 
-def test_cues_after_the_term_and_pseudo_negations():
+def test_cues_after_the_term_and_pseudo_negations_come_from_negspacy():
+    assert {"was ruled out", "declined"} <= set(POST_NEGATIONS) and "not ruled out" in PSEUDO_NEGATIONS
     assert found("Pulmonary embolism was ruled out. Pneumonia ruled out.") == {
         "pulmonary embolism": ("diagnosis", True),
         "pneumonia": ("diagnosis", True),
@@ -78,30 +90,40 @@ def test_cues_after_the_term_and_pseudo_negations():
         "heart failure": ("diagnosis", False),
     }
     assert found("Given 0.4 mg tamsulosin without hematuria.")["hematuria"] == ("diagnosis", True)
+    # "free of" (preceding) wins over "free" (following); "declined" looks back at a clause end.
+    assert found("Free of nausea. Colonoscopy declined.") == {"nausea": ("diagnosis", True),
+                                                              "colonoscopy": ("procedure", True)}
 
 
 SOURCE = (
     "Community-acquired pneumonia of the right lower lobe. Kidney stones. Patient denies chest pain. "
-    "Medications: metoprolol tartrate 25 mg twice daily, ceftriaxone 1 g daily. History of COPD."
+    "Medications: metoprolol tartrate 25 mg twice daily, ceftriaxone 1 g daily. "
+    "History of chronic obstructive pulmonary disease."
 )
 
 
 def test_faithful_paraphrase_has_no_critical_errors():
     summary = (
-        "Community acquired pneumonias and a kidney stone in a man with chronic obstructive pulmonary disease, "
+        "Pneumonias and a kidney stone in a man with chronic-obstructive pulmonary disease, "
         "on METOPROLOL and antibiotics, no chest pain."
     )
     assert critical_errors(SOURCE, summary) == []
 
 
 def test_hallucinated_drug_diagnosis_and_procedure_are_flagged_once_each():
-    summary = "Pneumonia treated with warfarin; warfarin continued. Sepsis. Colonoscopy planned."
+    summary = "Pneumonia treated with warfarin; Coumadin continued. Sepsis. Colonoscopy planned."
     assert critical_errors(SOURCE, summary) == [
         CriticalError("unsupported_drug", "warfarin"),
         CriticalError("unsupported_diagnosis", "sepsis"),
         CriticalError("unsupported_procedure", "colonoscopy"),
     ]
     assert unsupported_entities(SOURCE, summary) == ["warfarin", "sepsis", "colonoscopy"]
+
+
+def test_a_brand_name_supports_its_generic_and_a_class_needs_some_drug():
+    assert critical_errors("Pneumonia, on Coumadin.", "Pneumonia on warfarin.") == []
+    assert critical_errors("Pneumonia.", "Pneumonia on antibiotics.") == [
+        CriticalError("unsupported_drug", "anti bacterial agents")]
 
 
 def test_negation_flip_is_flagged_in_both_directions():
@@ -116,28 +138,18 @@ def test_no_flip_when_some_source_occurrence_agrees():
     assert critical_errors(source, "No pneumonia at first.") == []
 
 
-def test_every_generator_assessment_and_medication_is_recognised():
-    for conditions in CONDITIONS.values():
-        for condition in conditions:
-            assessment = condition["assessment"]
-            assert any(m.kind == "diagnosis" for m in clinical_mentions(assessment)), assessment
-            for medication in condition["meds"]:
-                drugs = [m.term for m in clinical_mentions(medication) if m.kind == "drug"]
-                assert drugs and medication.lower().startswith(drugs[0].split()[0]), medication
+def test_on_mtsamples_extracts_raise_no_alarm_and_corruptions_are_caught():
+    import sys
 
+    sys.path.insert(0, str(PROJECT / "bench"))
+    from critical_errors import load_notes, measure
 
-def test_corpus_targets_are_supported_by_their_notes_and_a_planted_drug_is_not(notes):
-    # Measured: no critical error of any kind in these 20 targets, nor in 300 notes of seed 1. The
-    # bounds leave room for one new generator phrase; "arthroscopy" supported by "arthroscopic" was the
-    # last error we fixed.
-    kinds = {n.note_id: {e.kind for e in critical_errors(n.text, n.target)} for n in notes}
-    unsupported_drug = [note_id for note_id, found_kinds in kinds.items() if "unsupported_drug" in found_kinds]
-    flipped = [note_id for note_id, found_kinds in kinds.items() if "negation_flip" in found_kinds]
-    assert len(unsupported_drug) <= 1, unsupported_drug
-    assert len(flipped) <= 1, flipped
-    assert all(clinical_mentions(n.target) for n in notes)
-    for note in notes:
-        assert "vancomycin" in unsupported_entities(note.text, note.target + " Started on vancomycin.")
+    figures = measure(load_notes(shared_corpus("mtsamples/mtsamples.csv"), 60))
+    # Measured on 60 notes: 0 false alarms, negation removal caught in 0.8+, swapped terms ~1.0.
+    assert figures["faithful_false_alarm_rate"] == 0.0
+    assert figures["negation_recall"] >= 0.95
+    assert figures["negation_removed_detected"] >= 0.7
+    assert figures["swapped_term_detected"] >= 0.95
 
 
 def negations(text: str) -> list[tuple[str, bool]]:
@@ -150,6 +162,9 @@ def test_negation_flip_changes_exactly_one_mention(notes):
         for seed in range(3):
             before, after = negations(text), negations(perturb(text, "negation_flip", seed))
             assert [t for t, _ in before] == [t for t, _ in after]
+            if not before:  # nothing to flip: the text stays as it was
+                assert perturb(text, "negation_flip", seed) == text
+                continue
             assert sum(b != a for (_, b), (_, a) in zip(before, after)) == 1, text
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.finetune.base_model import load_base, prepare_base_model
+from tasks.base_model import load_base, prepare_base_model
 from tasks.finetune.examples import IGNORE_INDEX, Request, answer_token_ids, tokenize_example
 from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
 from tasks.finetune.train import (
@@ -147,7 +147,7 @@ import json, sys, torch
 from pathlib import Path
 sys.path.insert(0, {project!r})
 from tests.test_finetune import synthetic_pairs, tiny_settings
-from tasks.finetune.base_model import load_base
+from tasks.base_model import load_base
 from tasks.finetune.train import train_expert_adapter
 tokenizer, base = load_base("tiny-random", Path({root!r}))
 settings = tiny_settings(max_steps=300, checkpoint_every=2, eval_every=50, lora=tiny_settings().lora.model_copy(update={{"dropout": 0.1}}))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tasks.finetune.base_model import load_base, prepare_base_model
+from tasks.base_model import load_base, prepare_base_model
 from tasks.finetune.examples import Request, tokenize_example
 from tasks.finetune.train import add_lora
 from tasks.params import FinetuneParams, LoraParams, RouteParams

@@ -1,19 +1,21 @@
 """Clinical mentions in text, their negation, and the critical errors of a summary against its note.
 
-Pure Python and deterministic, so that evaluation can run on every generated summary: about a
-millisecond for a 2 KB note. A mention is a diagnosis or finding, a drug or a procedure, found by
-  1. a lexicon: the phrases of our synthetic corpus generator (`tasks/corpus/clinical_content.py`)
-     and the curated lists below, looked up as token n-grams, longest first (a dict lookup per
-     n-gram is as fast as one compiled alternation and needs no regex backtracking);
-  2. morphology for single words outside the lexicon: "-itis" is a diagnosis, "-ectomy" a
-     procedure, "-olol" a drug, minus the false friends that MTSamples showed us ("diagnosis",
-     "cholesterol", "program", ...).
+Deterministic and fast enough to run on every generated summary (about a millisecond for a 2 KB
+note once the vocabulary is built, a few seconds once a process). A mention is a diagnosis or
+finding, a drug or a procedure, found by
+  1. a vocabulary from maintained sources (`tasks/evaluate/clinical_lexicon.py`): ICD-10-CM titles
+     for diagnoses and findings, the `drug-named-entity-recognition` dictionary for drugs; looked
+     up as token n-grams, longest first (a dict lookup per n-gram, no regex backtracking);
+  2. morphology for single words outside it: "-itis" is a diagnosis, "-ectomy" a procedure, "-olol"
+     a drug, unless the word is everyday English (wordfreq) or anatomy that MTSamples showed us.
 Tokens are compared after normalisation (lower case, hyphens and spaces alike, singular), so that
 "Community-acquired pneumonias" and "community acquired pneumonia" are the same term.
 
-Negation is NegEx-like with our own cue list: a cue ("no", "denies", "negative for", ...) negates
-what follows it up to the end of the clause (a period, semicolon, colon, line break, "but",
-"however", "although", ...); a few cues ("was ruled out") negate what precedes them.
+Negation is NegEx with the cue lists of negspacy's "en_clinical" termset (Chapman et al.'s NegEx
+triggers): a preceding cue ("no", "denies", "negative for", ...) negates what follows it up to the
+end of the clause (a period, semicolon, colon, line break, or a termination term: "but",
+"however", "secondary to", ...); a following cue ("was ruled out", "unlikely") negates the clause
+before it; pseudo-negations ("no change", "not ruled out") negate nothing.
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
-from tasks.corpus.clinical_content import CONDITIONS
+from negspacy.termsets import termset
+from wordfreq import zipf_frequency
+
+from tasks.evaluate.clinical_lexicon import (COMMON_ENGLISH_ZIPF, COMMON_ENGLISH_ZIPF_DRUG, diagnosis_terms, drug_terms,
+                                             is_drug_class)
 
 KINDS = ("diagnosis", "drug", "procedure")
 
 
 @dataclass(frozen=True)
 class Mention:
-    term: str  # normalised: lower case, single spaces ("atrial fibrillation")
+    term: str  # normalised: lower case, single spaces ("atrial fibrillation"); a drug's generic name
     kind: str  # "diagnosis" | "drug" | "procedure"
     start: int
     end: int
@@ -52,489 +58,8 @@ class CriticalError:
     term: str
 
 
-# --- curated vocabulary ---------------------------------------------------------------------------
-# One concept a line: the canonical term first, then synonyms and abbreviations after "|". Findings
-# and symptoms count as diagnoses: "denies chest pain" must be a negated mention.
-
-DIAGNOSES = """
-hypertension | high blood pressure | htn
-hyperlipidemia | high cholesterol
-diabetes mellitus | diabetes
-type 2 diabetes mellitus | type 2 diabetes | type ii diabetes mellitus | type ii diabetes | t2dm
-type 1 diabetes mellitus | type 1 diabetes | t1dm
-gestational diabetes
-diabetic ketoacidosis | dka
-diabetic nephropathy | diabetic kidney disease
-diabetic neuropathy
-diabetic retinopathy
-coronary artery disease | cad | coronary heart disease
-myocardial infarction | heart attack | mi
-st elevation myocardial infarction | stemi
-non st elevation myocardial infarction | nstemi
-heart failure | congestive heart failure | chf | cardiac failure
-systolic heart failure
-atrial fibrillation | afib
-atrial flutter
-unstable angina
-angina | angina pectoris
-aortic stenosis
-mitral regurgitation
-mitral valve prolapse
-arrhythmia | dysrhythmia
-cardiac arrest
-deep vein thrombosis | deep venous thrombosis | dvt
-pulmonary embolism | pulmonary embolus
-peripheral vascular disease | peripheral arterial disease | pvd
-aortic aneurysm | abdominal aortic aneurysm | aaa
-aneurysm
-stroke | cerebrovascular accident | cva
-ischemic stroke
-hemorrhagic stroke
-transient ischemic attack | tia
-intracranial hemorrhage
-subarachnoid hemorrhage
-subdural hematoma
-chronic obstructive pulmonary disease | copd
-asthma
-pneumonia
-community acquired pneumonia
-aspiration pneumonia
-pleural effusion
-pneumothorax
-pulmonary fibrosis
-respiratory failure
-acute respiratory distress syndrome | ards
-obstructive sleep apnea | osa | sleep apnea
-influenza | flu
-covid 19 | covid
-sepsis
-septic shock
-shock
-urinary tract infection | uti
-infection
-abscess
-hiv | human immunodeficiency virus
-hepatitis c
-hepatitis b
-chronic kidney disease | ckd | chronic renal insufficiency
-kidney disease | renal disease
-acute kidney injury | aki | acute renal failure
-renal failure | kidney failure
-end stage renal disease | esrd
-kidney stone | nephrolithiasis | renal calculus
-ureteral stone | ureteral calculus
-iron deficiency anemia
-sickle cell disease
-cancer | malignancy
-breast cancer
-prostate cancer
-lung cancer
-colon cancer | colorectal cancer
-pancreatic cancer
-ovarian cancer
-bladder cancer
-skin cancer
-metastasis | metastatic disease
-tumor | tumour | neoplasm
-polyp
-cyst
-gastroesophageal reflux disease | gerd | acid reflux | reflux
-peptic ulcer | peptic ulcer disease
-gastrointestinal bleed | gi bleed | gastrointestinal bleeding | gastrointestinal hemorrhage
-crohn's disease | crohn disease
-ulcerative colitis
-irritable bowel syndrome | ibs
-bowel obstruction | small bowel obstruction
-hernia
-inguinal hernia
-hiatal hernia
-celiac disease
-fatty liver
-gallstone | cholelithiasis
-hypothyroidism
-hyperthyroidism
-obesity
-morbid obesity
-rheumatoid arthritis
-gout
-lupus | systemic lupus erythematosus | sle
-fracture
-hip fracture
-femoral neck fracture
-meniscus tear | meniscal tear
-rotator cuff tear
-carpal tunnel syndrome
-spinal stenosis
-disc herniation | herniated disc
-sprain
-depression | major depressive disorder
-anxiety | anxiety disorder
-bipolar disorder
-schizophrenia
-dementia
-alzheimer's disease | alzheimer disease
-parkinson's disease | parkinson disease
-epilepsy | seizure disorder
-seizure | convulsion
-migraine
-delirium
-alcohol use disorder | alcohol abuse | alcoholism
-tobacco use | smoking
-substance abuse | drug abuse
-insomnia
-syncope
-vertigo
-concussion
-benign prostatic hyperplasia | bph | enlarged prostate
-erectile dysfunction
-urinary incontinence
-preeclampsia | pre eclampsia
-gestational hypertension | pregnancy induced hypertension
-polycystic ovary syndrome | pcos
-uterine fibroid | fibroid | uterine leiomyoma
-infertility
-ectopic pregnancy
-miscarriage
-allergic rhinitis
-otitis media
-glaucoma
-cataract
-macular degeneration
-psoriasis
-eczema
-hypoglycemia
-hyperglycemia
-dehydration
-malnutrition
-hypotension
-chest pain
-shortness of breath | dyspnea
-chest pressure
-fever | pyrexia
-chills
-night sweats
-nausea
-vomiting
-cough
-headache
-abdominal pain
-back pain
-low back pain
-pain
-edema
-swelling
-wheezing | wheeze
-fatigue
-weight loss
-dizziness
-palpitations
-rash
-jaundice
-hemoptysis
-hematemesis
-melena
-dysuria
-constipation
-diarrhea
-murmur
-crackles | rales
-numbness
-weakness
-confusion
-tremor
-bleeding
-tenderness
-effusion
-ascites
-"""
-
-DRUGS = """
-aspirin
-acetaminophen | paracetamol | tylenol
-ibuprofen | motrin | advil
-naproxen | naprosyn
-diclofenac
-celecoxib | celebrex
-ketorolac | toradol
-morphine
-hydromorphone | dilaudid
-oxycodone
-hydrocodone
-fentanyl
-tramadol
-codeine
-methadone
-buprenorphine
-naloxone | narcan
-gabapentin | neurontin
-pregabalin | lyrica
-metformin | glucophage
-insulin
-insulin glargine | lantus
-insulin lispro | humalog
-insulin aspart | novolog
-glipizide
-glyburide
-glimepiride
-pioglitazone
-sitagliptin
-empagliflozin
-liraglutide
-semaglutide
-warfarin | coumadin
-heparin
-enoxaparin | lovenox
-apixaban | eliquis
-rivaroxaban | xarelto
-dabigatran
-clopidogrel | plavix
-ticagrelor
-prasugrel
-alteplase | tpa
-lisinopril
-enalapril
-ramipril
-losartan
-valsartan
-metoprolol | lopressor | toprol
-metoprolol tartrate
-metoprolol succinate
-atenolol
-carvedilol | coreg
-propranolol
-labetalol
-amlodipine | norvasc
-nifedipine | procardia
-diltiazem | cardizem
-verapamil
-hydralazine
-clonidine
-hydrochlorothiazide | hctz
-chlorthalidone
-furosemide | lasix
-bumetanide
-torsemide
-spironolactone
-digoxin
-amiodarone
-nitroglycerin
-isosorbide mononitrate
-atorvastatin | lipitor
-simvastatin | zocor
-rosuvastatin | crestor
-pravastatin
-ezetimibe
-levothyroxine | synthroid
-methimazole
-albuterol | ventolin | proair
-ipratropium
-tiotropium | spiriva
-fluticasone
-salmeterol
-fluticasone salmeterol | advair
-budesonide
-montelukast | singulair
-prednisone
-prednisolone
-methylprednisolone | solu medrol
-dexamethasone
-hydrocortisone
-omeprazole | prilosec
-pantoprazole | protonix
-esomeprazole
-lansoprazole
-famotidine | pepcid
-ranitidine
-ondansetron | zofran
-metoclopramide | reglan
-promethazine
-docusate | colace
-senna
-polyethylene glycol | miralax
-lactulose
-loperamide
-amoxicillin
-amoxicillin clavulanate | augmentin
-penicillin
-ampicillin
-piperacillin tazobactam | zosyn
-cephalexin | keflex
-cefazolin | ancef
-ceftriaxone | rocephin
-cefepime
-azithromycin | zithromax
-clarithromycin
-erythromycin
-doxycycline
-ciprofloxacin | cipro
-levofloxacin | levaquin
-trimethoprim sulfamethoxazole | bactrim
-nitrofurantoin | macrobid
-metronidazole | flagyl
-clindamycin
-vancomycin
-gentamicin
-linezolid
-meropenem
-fluconazole
-nystatin
-acyclovir
-valacyclovir
-oseltamivir | tamiflu
-sertraline | zoloft
-fluoxetine | prozac
-citalopram
-escitalopram | lexapro
-paroxetine
-venlafaxine
-duloxetine | cymbalta
-bupropion | wellbutrin
-trazodone
-mirtazapine
-amitriptyline
-lithium
-quetiapine | seroquel
-olanzapine
-risperidone
-haloperidol | haldol
-aripiprazole
-lorazepam | ativan
-diazepam | valium
-alprazolam | xanax
-clonazepam
-zolpidem | ambien
-levetiracetam | keppra
-phenytoin | dilantin
-valproate | valproic acid | depakote
-carbamazepine
-lamotrigine
-topiramate | topamax
-donepezil | aricept
-memantine
-carbidopa levodopa | sinemet
-sumatriptan
-tamsulosin | flomax
-finasteride
-oxybutynin
-sildenafil | viagra
-letrozole
-tamoxifen
-anastrozole
-methotrexate
-cyclophosphamide
-cisplatin
-doxorubicin
-allopurinol
-colchicine
-alendronate | fosamax
-hydroxychloroquine
-folic acid
-vitamin b12
-vitamin d
-thiamine
-ferrous sulfate
-potassium chloride
-calcium gluconate
-dextrose
-erythropoietin | epoetin
-epinephrine
-norepinephrine
-lidocaine
-propofol
-midazolam | versed
-ketamine
-diphenhydramine | benadryl
-loratadine | claritin
-cetirizine | zyrtec
-fexofenadine | allegra
-prenatal vitamin
-"""
-
-PROCEDURES = """
-colonoscopy
-upper endoscopy | esophagogastroduodenoscopy | egd
-ct scan | ct | computed tomography | cat scan
-mri | magnetic resonance imaging | mri scan
-x ray | xray | radiograph
-chest x ray | chest radiograph | cxr
-ultrasound | ultrasonography | sonogram
-pelvic ultrasound
-echocardiogram | echocardiography
-electrocardiogram | ekg | ecg
-electroencephalogram | eeg
-biopsy
-catheterization
-cardiac catheterization | heart catheterization
-ct angiography
-coronary artery bypass graft | cabg | bypass surgery
-percutaneous coronary intervention | pci
-stent placement
-intubation | endotracheal intubation
-mechanical ventilation
-dialysis | hemodialysis
-transfusion | blood transfusion
-physical therapy
-epidural steroid injection
-thrombolysis
-burr hole evacuation | burr hole
-spinal fusion
-anterior cervical discectomy and fusion | acdf
-knee replacement | total knee arthroplasty
-hip replacement | total hip arthroplasty
-open reduction and internal fixation | orif
-cesarean section | c section | cesarean delivery
-nonstress test
-ovulation induction
-transurethral resection of the prostate | turp
-transurethral resection
-arteriovenous fistula
-hernia repair
-lumbar puncture | spinal tap
-chemotherapy
-radiation therapy | radiotherapy
-surgery
-resection
-amputation
-debridement
-skin graft
-incision and drainage
-pap smear
-stress test
-pulmonary function test
-cardioversion
-ablation
-anastomosis
-"""
-
-# Classes a summary may name for the drug the note names: "antibiotics" is supported by ceftriaxone.
-# Members are names, "-suffixes" or "prefixes-".
-DRUG_CLASSES = {
-    "antibiotic | antimicrobial": "-cillin -mycin -micin -floxacin -oxacin -cycline -penem cef- ceph- "
-    "metronidazole trimethoprim nitrofurantoin linezolid bactrim",
-    "anticoagulant | anticoagulation | blood thinner": "warfarin heparin -parin -xaban dabigatran coumadin",
-    "antiplatelet": "aspirin clopidogrel ticagrelor prasugrel",
-    "statin": "-statin",
-    "beta blocker": "-olol",
-    "ace inhibitor": "-pril",
-    "angiotensin receptor blocker | arb": "-sartan",
-    "calcium channel blocker": "-dipine diltiazem verapamil",
-    "diuretic": "furosemide bumetanide torsemide hydrochlorothiazide chlorthalidone spironolactone -thiazide",
-    "steroid | corticosteroid | glucocorticoid": "-sone -solone fluticasone budesonide",
-    "nsaid | anti inflammatory": "ibuprofen naproxen diclofenac celecoxib ketorolac aspirin -profen -fenac",
-    "opioid | narcotic": "morphine hydromorphone oxycodone hydrocodone fentanyl tramadol codeine methadone",
-    "proton pump inhibitor | ppi": "-prazole",
-    "antidepressant | ssri": "sertraline fluoxetine citalopram escitalopram paroxetine venlafaxine "
-    "duloxetine bupropion mirtazapine trazodone amitriptyline",
-    "antiepileptic | anticonvulsant | antiseizure medication": "levetiracetam phenytoin valproate "
-    "carbamazepine lamotrigine topiramate gabapentin",
-    "bronchodilator": "albuterol ipratropium tiotropium salmeterol -terol -tropium",
-    "antihypertensive": "-pril -sartan -olol -dipine hydralazine clonidine hydrochlorothiazide",
-    "antiemetic": "ondansetron metoclopramide promethazine",
-    "antihistamine": "loratadine cetirizine fexofenadine diphenhydramine",
-    "thrombolytic": "alteplase tenecteplase",
-}
-
-# --- morphology for words outside the lexicon -----------------------------------------------------
+# --- morphology for words outside the vocabulary ------------------------------------------------------
+# Greek and Latin word endings of medicine (what the suffix means, not a list of our terms).
 
 SUFFIXES = {
     "procedure": (
@@ -553,74 +78,57 @@ SUFFIXES = {
     ).split(),
 }
 MIN_MORPHOLOGY_LENGTH = 6
-
-# Words with a clinical suffix that are not mentions: English words, and what the most frequent
-# suffix matches over MTSamples (all 4,000 notes) showed when read by eye: anatomy ("cardia",
-# "zygoma", "aponeurosis", "capitis", normal "lordosis"), the "lithotomy" position, the
-# "cardioplegia" solution, "Novafil" sutures.
-FALSE_FRIENDS = frozenset("""
-    diagnosis prognosis hypnosis diagnoses prognoses symptomatology
-    cholesterol sterol
-    program diagram kilogram microgram milligram nanogram nomogram histogram hologram telegram monogram
-    photography biography geography bibliography demography typography calligraphy
-    dichotomy anatomy
-    academia bohemia empathy sympathy telepathy nostalgia
-    aroma diploma stroma stoma soma
-    supine porcupine alpine figurine
-    peptide polypeptide nucleotide
-    cardia zygoma aponeurosis synchondrosis capitis lordosis lithotomy cardioplegia novafil anastamosis
+# A suffixed word this common in English is not a mention ("program" 5.3, "diagnosis" 4.2,
+# "cholesterol" 3.7, "anatomy" 3.9); unlisted procedures are rarer ("colonoscopy" 2.7).
+MORPHOLOGY_MAX_ZIPF = 3.0
+# Rare words with a clinical ending that MTSamples (all 4,000 notes, read by eye) uses for anatomy,
+# positions, solutions and sutures, not for a finding or a procedure.
+ANATOMY_AND_EQUIPMENT = frozenset("""
+    cardia zygoma aponeurosis synchondrosis capitis lordosis lithotomy cardioplegia novafil stroma stoma
     """.split())
 
-# --- negation --------------------------------------------------------------------------------------
+# --- negation ----------------------------------------------------------------------------------------
 
-# Phrases that contain a cue but do not negate ("no change", "not ruled out"); matched first.
-PSEUDO_NEGATIONS = (
-    "no change", "no changes", "no interval change", "no significant change", "no increase",
-    "not only", "not necessarily", "not ruled out", "not been ruled out", "cannot be ruled out",
-    "cannot rule out", "could not rule out", "not be ruled out", "not excluded", "no further",
-    "without difficulty", "gram negative",
-)
-PRE_NEGATIONS = (
-    "no evidence of", "no history of", "no signs of", "no sign of", "no symptoms of",
-    "no complaints of", "negative for", "free of", "absence of", "ruled out", "rules out",
-    "denies", "denied", "deny", "denying", "without", "never", "neither", "nor", "not", "no",
-)
-POST_NEGATIONS = (
-    "was ruled out", "were ruled out", "is ruled out", "are ruled out", "has been ruled out",
-    "have been ruled out",
-)
-SCOPE_ENDS = (
-    "but", "however", "although", "though", "except", "apart from", "aside from", "whereas", "which", "secondary to",
-)
+NEGEX = termset("en_clinical").get_patterns()  # negspacy's lists; read, never changed
+PSEUDO_NEGATIONS = tuple(NEGEX["pseudo_negations"])
+PRE_NEGATIONS = tuple(NEGEX["preceding_negations"])
+POST_NEGATIONS = tuple(NEGEX["following_negations"])
+SCOPE_ENDS = tuple(NEGEX["termination"])
 
 
 def _phrase_pattern(phrases) -> str:
-    return "|".join(r"\s+".join(map(re.escape, p.split())) for p in sorted(phrases, key=len, reverse=True))
+    return "|".join(r"\s+".join(map(re.escape, p.split())) for p in sorted(set(phrases), key=lambda p: (-len(p), p)))
 
 
-_CUE = re.compile(
-    rf"\b(?:(?P<pseudo>{_phrase_pattern(PSEUDO_NEGATIONS)})|(?P<post>{_phrase_pattern(POST_NEGATIONS)})"
-    rf"|(?P<pre>{_phrase_pattern(PRE_NEGATIONS)}))\b",
-    re.IGNORECASE,
-)
+# One alternation, longest cue first, so "free of" (preceding) wins over "free" (following).
+_CUE = re.compile(rf"(?<![\w'])(?:{_phrase_pattern(PSEUDO_NEGATIONS + PRE_NEGATIONS + POST_NEGATIONS)})(?![\w'])",
+                  re.IGNORECASE)
+_ROLE = {}
+for _role, _phrases in (("pre", PRE_NEGATIONS), ("post", POST_NEGATIONS), ("pseudo", PSEUDO_NEGATIONS)):
+    for _phrase in _phrases:
+        _ROLE.setdefault(" ".join(_phrase.split()), set()).add(_role)
 # A period ends a clause unless it is a decimal point ("0.4 mg").
 _CLAUSE_END = re.compile(rf"[.;:!?](?!\d)|\n|\b(?:{_phrase_pattern(SCOPE_ENDS)})\b", re.IGNORECASE)
 
 
 def negation_cues(text: str) -> list[NegationCue]:
     """Every negation cue in `text` with the span it negates: forward to the clause end, or back to its start."""
-    matches = [m for m in _CUE.finditer(text) if not m.group("pseudo")]
+    matches = []
+    for match in _CUE.finditer(text):
+        roles = _ROLE[" ".join(match.group().lower().split())]
+        if "pseudo" not in roles:
+            matches.append((match, roles))
     if not matches:
         return []
     boundaries = [(m.start(), m.end()) for m in _CLAUSE_END.finditer(text)]
     ends, starts = [b[0] for b in boundaries] + [len(text)], [0] + [b[1] for b in boundaries]
     cues = []
-    for match in matches:
+    for match, roles in matches:
         clause_end = ends[bisect_left(ends, match.end())]
-        # A bare "ruled out" at the end of its clause looks back: "pneumonia ruled out."
-        backward = match.group("post") or (
-            match.group("pre").lower().startswith("rule") and not text[match.end() : clause_end].strip()
-        )
+        # A cue that can look either way ("declined", "ruled out") looks back at the end of its clause:
+        # "surgery declined.", "pneumonia ruled out."
+        at_clause_end = not text[match.end() : clause_end].strip()
+        backward = "pre" not in roles or (at_clause_end and ("post" in roles or match.group().lower().startswith("rule")))
         if backward:
             clause_start = starts[bisect_right(starts, match.start()) - 1]
             cues.append(NegationCue(match.group(), match.start(), match.end(), clause_start, match.start()))
@@ -678,78 +186,15 @@ def _joined(text: str, tokens, i: int, n: int) -> bool:
 
 @lru_cache(maxsize=1 << 16)
 def _morphology_kind(word: str) -> str | None:
-    if len(word) < MIN_MORPHOLOGY_LENGTH or word in FALSE_FRIENDS or not word.isalpha():
+    if len(word) < MIN_MORPHOLOGY_LENGTH or not word.isalpha() or word in ANATOMY_AND_EQUIPMENT:
         return None
     for kind, suffixes in _SUFFIX_TUPLES.items():
         if word.endswith(suffixes):
-            return kind
-    if word.startswith("cef"):
-        return "drug"
+            return kind if zipf_frequency(word, "en") < MORPHOLOGY_MAX_ZIPF else None
     return None
 
 
 _SUFFIX_TUPLES = {kind: tuple(suffixes) for kind, suffixes in SUFFIXES.items()}
-
-
-# Words that qualify a phrase from the corpus generator but are not part of the term.
-_QUALIFIERS = frozenset("""
-    a an the acute chronic on severe moderate mild left right bilateral displaced obstructing symptomatic
-    suspected prior progressive recurrent persistent sudden new possible probable generalized diffuse
-    two three small large plus mm cm sided step up twice weekly urgent start resume add check consider
-    repeat stop admit reverse continue intravenous serial daily strict aggressive supplemental discussion
-    of and no not
-    """.split())
-_GENERIC_HEADS = frozenset("disease disorder syndrome failure injury use symptom pain".split())
-_HEADS = {
-    "diagnosis": frozenset("""
-        disease disorder syndrome failure fracture tear stroke ulcer stone bleed angina exacerbation
-        herniation seizure infection injury insufficiency deficiency hypertension pneumonia asthma cancer
-        edema pain swelling tightness weakness numbness crackle murmur wheeze tenderness
-        effusion droop drift distension bleeding nodule lesion polyp cyst hematoma rhinitis migraine
-        dementia depression epilepsy obesity anemia hyperplasia fibrillation
-        """.split()),
-    "procedure": frozenset("""
-        catheterization injection repair resection evacuation fusion therapy ultrasound induction
-        transfusion imaging biopsy replacement fixation ablation drainage intubation dialysis fistula
-        test thrombolysis
-        """.split()),
-}
-_CLAUSE_SPLIT = re.compile(r"[,.;:()]|\b(?:and|or|with|without|since|from|due to|of the|at|to the|for|in|if|after)\b")
-_DOSE_START = re.compile(r"\s\d|\b(?:inhaler|daily|nightly|twice|three times|as needed|tablet|capsule)\b")
-
-
-def _corpus_terms(phrase: str, kind: str) -> list[str]:
-    """Terms of one generator phrase: its parts, qualifiers stripped, ending in a word of `kind`."""
-    terms = []
-    for part in _CLAUSE_SPLIT.split(phrase.lower()):
-        words = normalise(part).split()
-        # Strip what qualifies the term ("acute", "left", "6 mm") or is another kind ("letrozole").
-        while words and (
-            words[0] in _QUALIFIERS
-            or any(c.isdigit() for c in words[0])
-            or _morphology_kind(singular(words[0])) not in (None, kind)
-        ):
-            words = words[1:]
-        while words and words[-1].endswith(("ing", "ed")) and singular(words[-1]) not in _HEADS[kind]:
-            words = words[:-1]  # "flank pain radiating", "adenomas removed"
-        last = singular(words[-1]) if words else ""
-        is_term = last in _HEADS[kind] or _morphology_kind(last) == kind
-        if is_term and not (len(words) == 1 and last in _GENERIC_HEADS):
-            terms.append(" ".join(words))
-    return terms
-
-
-def _drug_names(medication: str) -> list[str]:
-    """'metoprolol tartrate 25 mg twice daily' -> ['metoprolol tartrate']; combinations split too."""
-    name = _DOSE_START.split(medication.lower())[0]
-    names = []
-    for part in re.split(r"\bwith\b", name):
-        part = normalise(part)
-        if part:
-            names.append(part)
-            if "-" in medication and " " in part:  # "fluticasone-salmeterol": each component too
-                names.extend(part.split())
-    return names
 
 
 @dataclass(frozen=True)
@@ -757,57 +202,32 @@ class _Lexicon:
     entries: dict  # key tuple -> (canonical term, kind)
     longest: dict  # first word -> the most words of a term starting with it
     surfaces: dict  # canonical term -> key tuples that mean it
-    classes: dict  # canonical drug class -> (names, suffixes, prefixes)
-
-
-def _groups(block: str) -> list[list[str]]:
-    return [[normalise(s) for s in line.split("|")] for line in block.strip().splitlines()]
 
 
 @cache
 def _lexicon() -> _Lexicon:
     entries: dict[tuple, tuple[str, str]] = {}
 
-    def add(surface: str, canonical: str, kind: str) -> None:
-        key = _key(surface)
-        if key and key not in entries:  # curated entries come first and win
-            entries[key] = (canonical, kind)
+    def add(term: str, canonical: str, kind: str, common: float) -> None:
+        key = _key(term)
+        # Singular forms can collide with English: the drug "DIDS" would match "did".
+        if key and not (len(key) == 1 and zipf_frequency(key[0], "en") >= common):
+            entries.setdefault(key, (normalise(canonical), kind))  # a diagnosis of the same words wins
 
-    for block, kind in ((DIAGNOSES, "diagnosis"), (DRUGS, "drug"), (PROCEDURES, "procedure")):
-        for group in _groups(block):
-            for surface in group:
-                add(surface, group[0], kind)
-    classes = {}
-    for names, members in DRUG_CLASSES.items():
-        group = [normalise(s) for s in names.split("|")]
-        for surface in group:
-            add(surface, group[0], "drug")
-        words = members.split()
-        classes[group[0]] = (
-            frozenset(w for w in words if "-" not in w),
-            tuple(w[1:] for w in words if w.startswith("-")),
-            tuple(w[:-1] for w in words if w.endswith("-")),
-        )
-    for conditions in CONDITIONS.values():
-        for condition in conditions:
-            for phrase in [*condition["pmh"], condition["assessment"], condition["complaint"], condition["exam"]]:
-                for term in _corpus_terms(phrase, "diagnosis"):
-                    add(term, term, "diagnosis")
-            for term in _corpus_terms(condition["plan"], "procedure"):
-                add(term, term, "procedure")
-            for medication in condition["meds"]:
-                for name in _drug_names(medication):
-                    add(name, name, "drug")
+    for term in sorted(diagnosis_terms()):
+        add(term, term, "diagnosis", COMMON_ENGLISH_ZIPF)
+    for name, generic in sorted(drug_terms().items()):
+        add(name, generic, "drug", COMMON_ENGLISH_ZIPF_DRUG)
     longest: dict[str, int] = {}
     surfaces: dict[str, list] = {}
     for key, (canonical, _) in entries.items():
         longest[key[0]] = max(longest.get(key[0], 0), len(key))
         surfaces.setdefault(canonical, []).append(key)
-    return _Lexicon(entries, longest, surfaces, classes)
+    return _Lexicon(entries, longest, surfaces)
 
 
 def vocabulary() -> dict[str, str]:
-    """Canonical lexicon term -> kind (morphology finds more)."""
+    """Canonical term -> kind, for every term of the vocabulary (morphology finds more)."""
     return {canonical: kind for canonical, kind in _lexicon().entries.values()}
 
 
@@ -887,21 +307,18 @@ class _Source:
             name = _key(mention.term)[0]
             if len(name) >= 4 and name not in ("vitamin", "prenatal"):
                 spans += self.find((name,))
-            if mention.term in lexicon.classes:
-                names, suffixes, prefixes = lexicon.classes[mention.term]
-                spans += [
-                    (d.start, d.end) for d in self.drugs
-                    if any(w in names or w.endswith(suffixes) or (prefixes and w.startswith(prefixes))
-                           for w in d.term.split())
-                ]
+            if is_drug_class(mention.term):
+                # The dictionary names classes but not their members: any drug the note names
+                # supports "antibiotics" (a class with no drug in the note is still flagged).
+                spans += [(d.start, d.end) for d in self.drugs]
         return spans
 
 
 def critical_errors(source: str, summary: str) -> list[CriticalError]:
     """Summary mentions the source does not support, and mentions whose negation the summary flipped.
 
-    A mention is unsupported when no form of it (synonym, abbreviation, plural, hyphenation; for a
-    drug its name alone or, for a class, any member drug) occurs in the source. It is a negation flip
+    A mention is unsupported when no form of it (synonym, plural, hyphenation; for a drug any of its
+    names, brand or generic, or for a drug class any drug) occurs in the source. It is a negation flip
     when it occurs but every occurrence has the opposite negation. Each (kind, term) is reported once.
     """
     index, errors = _Source(source), []

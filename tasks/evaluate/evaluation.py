@@ -13,7 +13,7 @@ import pandas as pd
 from tasks.evaluate.adversarial import perturb
 from tasks.evaluate.clinical_terms import critical_errors
 from tasks.evaluate.metrics import accuracy, expected_calibration_error, macro_f1, perplexity, rouge_l, separation_auroc
-from tasks.evaluate.scoring import AdapterEngine, Engine, scored_answers, scored_generate, target_token_losses
+from tasks.finetune.inference import Engine, InferenceCache, scored_answers, scored_generate, target_token_losses
 from tasks.finetune.examples import ANSWERS, Request, answer_of, tokenize_example
 from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
 from tasks.params import MULTITASK_EXPERT, Params
@@ -89,8 +89,9 @@ def _budgets(params: Params, item: HeldOutItem) -> tuple[int, int]:
 
 
 def score_items(engine: Engine, items: list[HeldOutItem], params: Params, with_losses: bool = True,
-                progress: bool = False, label: str = "") -> list[ScoredItem]:
-    """Generate for every item (grouped by prompt budget), read questions' decisions, and score targets."""
+                progress: bool = False, label: str = "", cache: InferenceCache | None = None) -> list[ScoredItem]:
+    """Generate for every item (grouped by prompt budget), read questions' decisions, and score targets;
+    what `cache` holds for the same weights, precision, budget and tokens is re-used, not recomputed."""
     scored: list[ScoredItem | None] = [None] * len(items)
     batch_size = params.finetune.generation_batch_size
     by_budget: dict[tuple[int, int], list[int]] = {}
@@ -98,17 +99,16 @@ def score_items(engine: Engine, items: list[HeldOutItem], params: Params, with_l
         by_budget.setdefault(_budgets(params, item), []).append(index)
     for (source_tokens, new_tokens), rows in by_budget.items():
         requests = [items[i].request for i in rows]
-        context = engine.batch_context(requests)  # once: a router routes the requests here
-        fixed = AdapterEngine(engine.model, engine.tokenizer, context)
-        texts = scored_generate(fixed, requests, source_tokens, new_tokens, batch_size, progress, f"{label} outputs".strip())
+        plan = engine.plan(requests)  # once: a router routes the requests here
+        texts = scored_generate(engine, requests, source_tokens, new_tokens, batch_size, progress, f"{label} outputs".strip(),
+                                cache, plan)
         losses = [(None, 0)] * len(rows)
         if with_losses:
             examples = [tokenize_example(engine.tokenizer, items[i].request, items[i].target, source_tokens, new_tokens) for i in rows]
-            losses = target_token_losses(fixed, requests, examples, batch_size)
+            losses = target_token_losses(engine, requests, examples, batch_size, cache, plan)
         question_rows = [k for k, i in enumerate(rows) if items[i].is_question]
-        question_context = (lambda chunk: context([question_rows[r] for r in chunk])) if context else None
-        answers = dict(zip(question_rows, scored_answers(AdapterEngine(engine.model, engine.tokenizer, question_context),
-                                                         [requests[k] for k in question_rows], source_tokens, batch_size)))
+        answers = dict(zip(question_rows, scored_answers(engine, [requests[k] for k in question_rows], source_tokens, batch_size,
+                                                         cache=cache, plan=plan.subset(question_rows))))
         for k, index in enumerate(rows):
             item, generated = items[index], texts[k]
             errors = [f"{e.kind.replace('_', ' ')}: {e.term}" for e in critical_errors(item.source, generated.text)]
@@ -197,7 +197,7 @@ def perturbed_item(item: HeldOutItem, kind: str, seed: int) -> HeldOutItem | Non
 
 
 def robustness(engine: Engine, items: list[HeldOutItem], clean: list[ScoredItem], params: Params,
-               progress: bool = False) -> list[dict]:
+               progress: bool = False, cache: InferenceCache | None = None) -> list[dict]:
     """Per perturbation, on a sample of the items: the metrics on perturbed inputs beside the same items' clean
     metrics (critical errors are judged against the perturbed source)."""
     settings = params.evaluate
@@ -212,7 +212,7 @@ def robustness(engine: Engine, items: list[HeldOutItem], clean: list[ScoredItem]
         if not pairs:
             continue
         perturbed = [p for _, p in pairs]
-        scored = score_items(engine, perturbed, params, with_losses=False, progress=progress, label=kind)
+        scored = score_items(engine, perturbed, params, with_losses=False, progress=progress, label=kind, cache=cache)
         before = summarise([items[k] for k, _ in pairs], [clean[k] for k, _ in pairs])
         after = summarise(perturbed, scored)
         row = {"perturbation": kind, "requests": len(pairs)}

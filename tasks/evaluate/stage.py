@@ -15,9 +15,11 @@ from mlflow import MlflowClient
 
 from tasks.evaluate.evaluation import (ALL_REQUESTS, HeldOutItem, ScoredItem, flag_outputs, in_scope, review_sample,
                                        robustness, safety_separation, score_items, summarise)
-from tasks.evaluate.scoring import AdapterEngine, Engine
+from tasks.finetune.inference import AdapterEngine, Engine, InferenceCache, mixture_identity, weights_fingerprint
 from tasks.params import Params
 from tasks.promote.gate import CHAMPION, alias_version
+# Registered candidates are pyfunc models of these classes: loading one runs this code, so evaluation depends on it.
+from tasks.register import expert_model, router_model  # noqa: F401
 
 EVALUATION_DIR = Path("reports/evaluation")
 EVALUATION_FILE = "evaluation.json"
@@ -64,10 +66,10 @@ class SystemResult:
 
 
 def _score(engine_factory: Callable[[], Engine], items: list[HeldOutItem], params: Params, progress: bool, label: str,
-           adversarial: bool = False) -> tuple[SystemResult, list[dict]]:
+           adversarial: bool = False, cache: InferenceCache | None = None) -> tuple[SystemResult, list[dict]]:
     engine = engine_factory()
-    scored = score_items(engine, items, params, progress=progress, label=label)
-    robust = robustness(engine, items, scored, params, progress) if adversarial else []
+    scored = score_items(engine, items, params, progress=progress, label=label, cache=cache)
+    robust = robustness(engine, items, scored, params, progress, cache) if adversarial else []
     del engine
     gc.collect()
     return SystemResult(items, scored), robust
@@ -76,12 +78,14 @@ def _score(engine_factory: Callable[[], Engine], items: list[HeldOutItem], param
 def evaluate_candidates(params: Params, items: list[HeldOutItem], refs: list[CandidateRef],
                         base_engine: Callable[[], Engine], champions: dict[str, str],
                         load_engine: Callable[[str], Engine] = load_registered_engine,
-                        progress: bool = True) -> tuple[dict, dict[str, SystemResult]]:
+                        progress: bool = True, cache: InferenceCache | None = None) -> tuple[dict, dict[str, SystemResult]]:
     """Every candidate on its scope with metrics, safety separation and robustness; the base model and each
     candidate's current champion (`champions`: model name -> version) on the same requests.
 
+    With `cache`, each system's outputs on requests it has answered before (in the route stage, or in an
+    earlier evaluation on the same data) are re-used: a model version is evaluated once per data version.
     Returns the evaluation (JSON-ready) and each candidate's scored outputs (for the review queue)."""
-    base, _ = _score(base_engine, items, params, progress, "base model")
+    base, _ = _score(base_engine, items, params, progress, "base model", cache=cache)
     bins = params.evaluate.calibration_bins
     evaluation = {"base_model": params.base_model, "requests": len(items),
                   "base": {"metrics": summarise(items, base.scored, bins), "safety": safety_separation(items, base.scored)},
@@ -93,13 +97,13 @@ def evaluate_candidates(params: Params, items: list[HeldOutItem], refs: list[Can
             evaluation["candidates"].append({**asdict(ref), "key": ref.key, "skipped": f"no held-out requests for scope {ref.scope!r}"})
             continue
         scoped = [items[k] for k in rows]
-        result, robust = _score(lambda: load_engine(ref.uri), scoped, params, progress, ref.key, adversarial=True)
+        result, robust = _score(lambda: load_engine(ref.uri), scoped, params, progress, ref.key, adversarial=True, cache=cache)
         flag_outputs(scoped, result.scored, params.evaluate.flag_share)
         results[ref.key] = result
         champion = None
         if champions.get(ref.model):
             held, _ = _score(lambda: load_engine(f"models:/{ref.model}/{champions[ref.model]}"), scoped, params, progress,
-                             f"{ref.model} champion")
+                             f"{ref.model} champion", cache=cache)
             champion = {"version": champions[ref.model], "metrics": summarise(scoped, held.scored, bins)}
         evaluation["candidates"].append({
             **asdict(ref), "key": ref.key, "metrics": summarise(scoped, result.scored, bins),
@@ -111,10 +115,10 @@ def evaluate_candidates(params: Params, items: list[HeldOutItem], refs: list[Can
 
 def base_engine_factory(params: Params, root: Path) -> Callable[[], Engine]:
     def load() -> Engine:
-        from tasks.finetune.base_model import load_base, pick_device
+        from tasks.base_model import load_base, pick_device
 
         tokenizer, model = load_base(params.base_model, root, pick_device(params.finetune.device))
-        return AdapterEngine(model, tokenizer)
+        return AdapterEngine(model, tokenizer, mixture_identity(weights_fingerprint(model), []), params.finetune.precision)
 
     return load
 

@@ -1,14 +1,153 @@
-"""Batched inference with a base model or an expert: summaries, answers to questions, target loss."""
+"""The one inference path of medlora. Training validation, routing, evaluation and serving all call these
+functions: they batch requests of similar length, generate with the KV cache, run under the one precision
+policy (tasks/finetune/precision.py), let an engine mix adapters per row, and keep results in a cache keyed
+by everything that decides them, so that equal work is done once (the base model's summaries in routing
+and again in evaluation, a candidate evaluated again on the same data, a champion beside a candidate).
+
+An `Engine` is anything that answers requests: a causal LM (with or without adapters), its tokenizer, its
+precision, and per list of requests a `Plan`: the context that configures each batch (a router sets each
+row's mix of experts) and the identity of the weights that answer each request (the cache key's part).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
-from tasks.finetune.examples import ANSWERS, Request, answer_token_ids, prompt_ids
+from tasks.finetune.examples import ANSWERS, Request, TokenizedExample, answer_token_ids, prompt_ids
+from tasks.finetune.precision import autocast, resolve_precision
+from tasks.finetune.train import collate, target_losses
+
+BatchContext = Callable[[list[int]], AbstractContextManager]
+CACHE_FILE = Path("data/cache/inference.sqlite")
+
+
+@dataclass
+class Plan:
+    """How an engine answers a list of requests: `context(indices)` is entered around each batch with the
+    indices of its requests; `identities[i]` names the weights that answer request i (None: not cached)."""
+
+    context: BatchContext | None = None
+    identities: list[str] | None = None
+
+    def subset(self, rows: Sequence[int]) -> Plan:
+        """The plan for requests[rows], indexed 0..len(rows)-1."""
+        rows = list(rows)
+        context = (lambda chunk: self.context([rows[i] for i in chunk])) if self.context else None
+        return Plan(context, [self.identities[i] for i in rows] if self.identities is not None else None)
+
+
+class Engine(Protocol):
+    model: torch.nn.Module
+    tokenizer: object
+    precision: str
+
+    def plan(self, requests: Sequence[Request]) -> Plan:
+        """Called once with every request to be answered (a router routes them here)."""
+
+
+@dataclass
+class AdapterEngine:
+    """A base model, or a base model with one PEFT adapter; `identity` names its weights (for the cache)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    identity: str | None = None
+    precision: str = "auto"
+
+    def plan(self, requests: Sequence[Request]) -> Plan:
+        return Plan(None, [self.identity] * len(requests) if self.identity else None)
+
+
+@dataclass
+class PlannedEngine:
+    """An engine whose plan is already made for the requests it will be given."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    fixed: Plan = field(default_factory=Plan)
+    precision: str = "auto"
+
+    def plan(self, requests: Sequence[Request]) -> Plan:
+        return self.fixed
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """What a model's own weights are (LoRA layers left out), from every parameter's sum and sum of squares:
+    cheap (a pass over the weights) and different for any retrained or re-converted model."""
+    cached = getattr(model, "_medlora_fingerprint", None)
+    if cached:
+        return cached
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                continue
+            values = parameter.detach().double()
+            digest.update(f"{name.removeprefix('base_model.model.')}{tuple(parameter.shape)}"
+                          f"{float(values.sum()):.17g}{float((values * values).sum()):.17g}".encode())
+    fingerprint = digest.hexdigest()[:16]
+    model._medlora_fingerprint = fingerprint
+    return fingerprint
+
+
+def file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def mixture_identity(base: str, parts: Sequence[tuple[str, float]]) -> str:
+    """The weights that answer a request: the base model plus each adapter (by fingerprint) at its weight.
+    An adapter alone is the mix with weight 1; the base model alone has no parts."""
+    mix = sorted((fingerprint, round(float(weight), 6)) for fingerprint, weight in parts if weight != 0)
+    return base + "|" + ",".join(f"{fingerprint}:{weight:g}" for fingerprint, weight in mix)
+
+
+class InferenceCache:
+    """Inference results (JSON) in a SQLite file, keyed by what decides them: the kind of result, the
+    weights that answer, the precision, the budget and the tokens in."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.path)
+        self._connection.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.hits = self.misses = 0
+
+    @classmethod
+    def for_project(cls, root: Path) -> InferenceCache:
+        return cls(Path(root) / CACHE_FILE)
+
+    @staticmethod
+    def key(*parts) -> str:
+        return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            rows = self._connection.execute(
+                f"SELECT key, value FROM results WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            found |= {k: json.loads(v) for k, v in rows}
+        self.hits += sum(k in found for k in keys)
+        self.misses += sum(k not in found for k in keys)
+        return found
+
+    def put_many(self, items: dict[str, dict]) -> None:
+        with self._connection:
+            self._connection.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",
+                                         [(k, json.dumps(v)) for k, v in items.items()])
 
 
 def _batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
@@ -16,69 +155,218 @@ def _batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start : start + batch_size]
 
 
-def _left_padded(prompts: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
+def _sorted_by_length(sequences: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> list[int]:
+    """Rows (all by default) in order of length, so that sequences of similar length share a batch."""
+    return sorted(range(len(sequences)) if rows is None else rows, key=lambda i: len(sequences[i]))
+
+
+def padded(sequences: list[list[int]], pad_id: int, device: torch.device, side: str = "left") -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask, padded on the left (generation: every prompt ends in the last column)
+    or on the right (a forward pass whose positions must start at 0)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        span = slice(width - len(sequence), width) if side == "left" else slice(0, len(sequence))
+        ids[row, span] = torch.tensor(sequence)
+        mask[row, span] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def _sorted_by_length(prompts: list[list[int]]) -> list[int]:
-    """Prompts of similar length share a batch, so little padding is computed."""
-    return sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-
-
-@torch.no_grad()
-def generate(model, tokenizer, requests: Sequence[Request], max_source_tokens: int, max_new_tokens: int,
-             batch_size: int = 8, progress: bool = False, description: str = "generating",
-             batch_context: Callable[[list[int]], AbstractContextManager] | None = None) -> list[str]:
-    """Greedy continuations, one per request, in the order given.
-
-    `batch_context(indices)`, when given, is entered around each batch with the indices of its
-    requests (a mixture of experts sets each row's weights that way)."""
+@contextmanager
+def _running(engine: Engine):
+    """The model in eval mode under the engine's precision; yields (device, precision)."""
+    model = engine.model
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    precision = resolve_precision(engine.precision, device)
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            yield device, precision
+    finally:
+        model.train(was_training)
+
+
+def _cached(cache: InferenceCache | None, plan: Plan, keys: Callable[[int, str], str], count: int,
+            compute: Callable[[list[int]], dict[int, dict]]) -> list[dict]:
+    """Each request's result: from the cache where its key is there, else computed (for the missing rows
+    at once) and stored."""
+    if cache is None or plan.identities is None:
+        found = compute(list(range(count)))
+        return [found[i] for i in range(count)]
+    request_keys = [keys(i, plan.identities[i]) for i in range(count)]
+    stored = cache.get_many(request_keys)
+    missing = [i for i in range(count) if request_keys[i] not in stored]
+    if missing:
+        computed = compute(missing)
+        cache.put_many({request_keys[i]: computed[i] for i in missing})
+        stored |= {request_keys[i]: computed[i] for i in missing}
+    return [stored[k] for k in request_keys]
+
+
+@dataclass
+class GeneratedText:
+    text: str
+    token_entropy: float   # mean entropy (nats) of the next-token distributions that produced the text
+    energy: float          # mean of -logsumexp(logits) over those steps: higher is less familiar input
+    seconds: float         # this request's share of its batch's wall time (when it was computed)
+
+
+@dataclass
+class AnswerScore:
+    probabilities: dict[str, float]   # over yes / no / maybe, renormalised
+    entropy: float                    # of the whole next-token distribution where the decision is read
+    energy: float                     # -logsumexp of those logits
+
+    @property
+    def answer(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+    @property
+    def answer_entropy(self) -> float:
+        return -sum(p * math.log(p) for p in self.probabilities.values() if p > 0)
+
+
+def _step_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and energy of each row of next-token logits (..., vocab)."""
+    logits = logits.float()
+    log_probabilities = logits.log_softmax(-1)
+    entropy = -(log_probabilities.exp() * log_probabilities).sum(-1)
+    return entropy, -torch.logsumexp(logits, -1)
+
+
+def scored_generate(engine: Engine, requests: Sequence[Request], max_source_tokens: int, max_new_tokens: int,
+                    batch_size: int = 8, progress: bool = False, description: str = "generating",
+                    cache: InferenceCache | None = None, plan: Plan | None = None) -> list[GeneratedText]:
+    """Greedy continuations with each step's entropy and energy, in the order given."""
+    tokenizer = engine.tokenizer
+    plan = plan or engine.plan(requests)
     prompts = [prompt_ids(tokenizer, r, max_source_tokens) for r in requests]
-    order = _sorted_by_length(prompts)
-    outputs: list[str] = [""] * len(requests)
-    with tqdm(total=len(requests), desc=description, unit="record", disable=not progress) as bar:
-        for chunk in _batches(order, batch_size):
-            batch = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
-            with batch_context(list(chunk)) if batch_context else nullcontext():
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            for row, index in enumerate(chunk):
-                new_tokens = generated[row, batch["input_ids"].shape[1] :]
-                outputs[index] = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-            bar.update(len(chunk))
-    return outputs
+
+    def compute(rows: list[int]) -> dict[int, dict]:
+        results: dict[int, dict] = {}
+        with _running(engine) as (device, _), tqdm(total=len(rows), desc=description, unit="request",
+                                                   disable=not progress) as bar:
+            for chunk in _batches(_sorted_by_length(prompts, rows), batch_size):
+                batch = padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
+                started = time.perf_counter()
+                with plan.context(list(chunk)) if plan.context else nullcontext():
+                    out = engine.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                                return_dict_in_generate=True, output_logits=True,
+                                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                seconds = (time.perf_counter() - started) / len(chunk)
+                entropy, energy = _step_signals(torch.stack(out.logits, 1))
+                new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
+                for row, index in enumerate(chunk):
+                    ended = (new_tokens[row] == tokenizer.eos_token_id).nonzero()
+                    steps = int(ended[0]) + 1 if len(ended) else new_tokens.shape[1]
+                    results[index] = {"text": tokenizer.decode(new_tokens[row, :steps], skip_special_tokens=True).strip(),
+                                      "token_entropy": float(entropy[row, :steps].mean()),
+                                      "energy": float(energy[row, :steps].mean()), "seconds": seconds}
+                bar.update(len(chunk))
+        return results
+
+    precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
+    found = _cached(cache, plan, lambda i, who: InferenceCache.key("generate", who, precision, max_new_tokens, prompts[i]),
+                    len(requests), compute)
+    return [GeneratedText(**result) for result in found]
 
 
-@torch.no_grad()
-def answer_probabilities(model, tokenizer, requests: Sequence[Request], max_source_tokens: int,
-                         batch_size: int = 8, progress: bool = False,
-                         batch_context: Callable[[list[int]], AbstractContextManager] | None = None) -> list[dict[str, float]]:
-    """P(yes), P(no), P(maybe) from the next-token distribution after the prompt, renormalised over the three."""
-    model.eval()
-    device = next(model.parameters()).device
+def scored_answers(engine: Engine, requests: Sequence[Request], max_source_tokens: int, batch_size: int = 8,
+                   progress: bool = False, cache: InferenceCache | None = None, plan: Plan | None = None) -> list[AnswerScore]:
+    """The yes / no / maybe decision read from the next-token distribution after each question's prompt."""
+    tokenizer = engine.tokenizer
+    plan = plan or engine.plan(requests)
     candidates = answer_token_ids(tokenizer)
     prompts = [prompt_ids(tokenizer, r, max_source_tokens) for r in requests]
-    order = _sorted_by_length(prompts)
-    results: list[dict[str, float]] = [{}] * len(requests)
-    for chunk in tqdm(list(_batches(order, batch_size)), desc="answering", unit="batch", disable=not progress):
-        batch = _left_padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
-        # Left padding puts every prompt's last token in the last column: one LM-head row per request.
-        with batch_context(list(chunk)) if batch_context else nullcontext():
-            logits = model(**batch, logits_to_keep=1).logits[:, -1].float()
-        probabilities = logits.softmax(-1)
-        for row, index in enumerate(chunk):
-            mass = {a: probabilities[row, candidates[a]].sum().item() for a in ANSWERS}
-            total = sum(mass.values()) or 1.0
-            results[index] = {a: round(m / total, 6) for a, m in mass.items()}
-    return results
+
+    def compute(rows: list[int]) -> dict[int, dict]:
+        results: dict[int, dict] = {}
+        with _running(engine) as (device, _):
+            for chunk in tqdm(list(_batches(_sorted_by_length(prompts, rows), batch_size)), desc="answering", unit="batch",
+                              disable=not progress):
+                batch = padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
+                # Left padding puts every prompt's last token in the last column: one LM-head row per request.
+                with plan.context(list(chunk)) if plan.context else nullcontext():
+                    logits = engine.model(**batch, logits_to_keep=1).logits[:, -1].float()
+                entropy, energy = _step_signals(logits)
+                probabilities = logits.softmax(-1)
+                for row, index in enumerate(chunk):
+                    mass = {a: probabilities[row, candidates[a]].sum().item() for a in ANSWERS}
+                    total = sum(mass.values()) or 1.0
+                    results[index] = {"probabilities": {a: m / total for a, m in mass.items()},
+                                      "entropy": float(entropy[row]), "energy": float(energy[row])}
+        return results
+
+    precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
+    found = _cached(cache, plan, lambda i, who: InferenceCache.key("answer", who, precision, prompts[i]), len(requests), compute)
+    return [AnswerScore(**result) for result in found]
+
+
+def target_token_losses(engine: Engine, requests: Sequence[Request], examples: Sequence[TokenizedExample],
+                        batch_size: int = 8, cache: InferenceCache | None = None, plan: Plan | None = None,
+                        progress: bool = False, description: str = "target loss") -> list[tuple[float, int]]:
+    """Per example: the (weighted) summed next-token loss of its target tokens and their count
+    (perplexity = exp(sum / count))."""
+    plan = plan or engine.plan(requests)
+    sequences = [e.input_ids for e in examples]
+
+    def compute(rows: list[int]) -> dict[int, dict]:
+        results: dict[int, dict] = {}
+        with _running(engine) as (device, _), tqdm(total=len(rows), desc=description, unit="request",
+                                                   disable=not progress) as bar:
+            for chunk in _batches(_sorted_by_length(sequences, rows), batch_size):
+                batch = collate([examples[i] for i in chunk], engine.tokenizer.pad_token_id, device)
+                with plan.context(list(chunk)) if plan.context else nullcontext():
+                    losses = target_losses(engine.model, batch)
+                for row, index in enumerate(chunk):
+                    results[index] = {"loss": float(losses[row]), "tokens": examples[index].supervised_tokens}
+                bar.update(len(chunk))
+        return results
+
+    precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
+    found = _cached(cache, plan, lambda i, who: InferenceCache.key(
+        "loss", who, precision, examples[i].input_ids, examples[i].labels, examples[i].answer_weight), len(examples), compute)
+    return [(result["loss"], result["tokens"]) for result in found]
+
+
+def pooled_hidden_states(model, tokenizer, requests: Sequence[Request], note_tokens: int, question_tokens: int,
+                         batch_size: int = 16, precision: str = "auto", progress: bool = False) -> torch.Tensor:
+    """(requests, hidden size) float32: the decoder's output (as many layers as it has now), mean over the
+    prompt's tokens. Prompts are cut as the experts see them: notes to `note_tokens`, abstracts to
+    `question_tokens`. `model` is the decoder stack (embeddings, layers, norm) of a causal LM."""
+    prompts = [prompt_ids(tokenizer, r, question_tokens if r.is_question else note_tokens) for r in requests]
+    features = torch.zeros((len(prompts), model.config.hidden_size))
+    engine = AdapterEngine(model, tokenizer, precision=precision)
+    with _running(engine) as (device, _), tqdm(total=len(prompts), desc="routing features", unit="request",
+                                               disable=not progress) as bar:
+        for chunk in _batches(_sorted_by_length(prompts), batch_size):
+            batch = padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device, side="right")
+            hidden = model(**batch).last_hidden_state.float().cpu()
+            weights = batch["attention_mask"].cpu().unsqueeze(-1).float()
+            features[list(chunk)] = (hidden * weights).sum(1) / weights.sum(1)
+            bar.update(len(chunk))
+    return features
+
+
+def generate(model, tokenizer, requests: Sequence[Request], max_source_tokens: int, max_new_tokens: int,
+             batch_size: int = 8, progress: bool = False, description: str = "generating",
+             batch_context: BatchContext | None = None, precision: str = "auto") -> list[str]:
+    """Greedy continuations, one per request, in the order given. `batch_context(indices)`, when given, is
+    entered around each batch with the indices of its requests (a mixture of experts sets each row's weights)."""
+    engine = PlannedEngine(model, tokenizer, Plan(batch_context), precision)
+    return [g.text for g in scored_generate(engine, requests, max_source_tokens, max_new_tokens, batch_size, progress,
+                                            description)]
+
+
+def answer_probabilities(model, tokenizer, requests: Sequence[Request], max_source_tokens: int, batch_size: int = 8,
+                         progress: bool = False, batch_context: BatchContext | None = None,
+                         precision: str = "auto") -> list[dict[str, float]]:
+    """P(yes), P(no), P(maybe) from the next-token distribution after the prompt, renormalised over the three."""
+    engine = PlannedEngine(model, tokenizer, Plan(batch_context), precision)
+    return [{a: round(p, 6) for a, p in score.probabilities.items()}
+            for score in scored_answers(engine, requests, max_source_tokens, batch_size, progress)]
 
 
 def best_answer(probabilities: dict[str, float]) -> str:
@@ -86,17 +374,18 @@ def best_answer(probabilities: dict[str, float]) -> str:
 
 
 def respond(model, tokenizer, requests: Sequence[Request], max_source_tokens: int, max_new_tokens: int,
-            batch_size: int = 8, progress: bool = False,
-            batch_context: Callable[[list[int]], AbstractContextManager] | None = None) -> list[dict]:
-    """What `medlora predict` adds to each record: `prediction`, and for questions `answer` with its probabilities."""
+            batch_size: int = 8, progress: bool = False, batch_context: BatchContext | None = None,
+            precision: str = "auto") -> list[dict]:
+    """What `medlora predict` and the served models add to each record: `prediction`, and for questions
+    `answer` with its probabilities."""
     predictions = generate(model, tokenizer, requests, max_source_tokens, max_new_tokens, batch_size, progress,
-                           batch_context=batch_context)
+                           batch_context=batch_context, precision=precision)
     responses: list[dict] = [{"prediction": text} for text in predictions]
     questions = [i for i, request in enumerate(requests) if request.is_question]
     if questions:
-        question_context = (lambda rows: batch_context([questions[r] for r in rows])) if batch_context else None
+        question_context = Plan(batch_context).subset(questions).context
         probabilities = answer_probabilities(model, tokenizer, [requests[i] for i in questions], max_source_tokens,
-                                             batch_size, progress, question_context)
+                                             batch_size, progress, question_context, precision)
         for index, answer in zip(questions, probabilities):
             responses[index] |= {"answer": best_answer(answer), "answer_probabilities": answer}
     return responses

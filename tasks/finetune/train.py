@@ -32,6 +32,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tasks.finetune.examples import IGNORE_INDEX, Request, TokenizedExample, tokenize_example
+from tasks.finetune.precision import autocast, resolve_precision
 from tasks.params import FinetuneParams
 
 TRAINING_REPORT = "training.json"
@@ -134,20 +135,6 @@ def evaluate_loss(model, examples: list[TokenizedExample], batch_size: int, pad_
             tokens += sum(e.loss_weight for e in chunk)
     model.train(was_training)
     return total / tokens
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """'auto' is bf16 where the hardware multiplies bf16 natively, else fp32."""
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native_bf16 = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if native_bf16 else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def add_lora(model, params: FinetuneParams):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow.pyfunc
 import pandas as pd
 
@@ -10,26 +12,30 @@ class ExpertAdapterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from peft import PeftModel
 
-        from tasks.finetune.base_model import load_base, pick_device
+        from tasks.base_model import load_base, pick_device
 
         self.device = pick_device("auto")
         config = context.model_config
         self.max_source_tokens = int(config.get("max_source_tokens", 160))
         self.max_new_tokens = int(config.get("max_new_tokens", 48))
         self.batch_size = int(config.get("batch_size", 8))
+        self.precision = config.get("precision", "auto")  # the policy it was evaluated with
         self.tokenizer, base = load_base(config["base_model"], device=self.device)
         self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
+        self.adapter_dir = Path(context.artifacts["adapter"])
 
     def evaluation_engine(self):
-        from tasks.evaluate.scoring import AdapterEngine
+        from tasks.finetune.inference import AdapterEngine, file_fingerprint, mixture_identity, weights_fingerprint
+        from tasks.route.mixing import ADAPTER_WEIGHTS
 
-        return AdapterEngine(self.model, self.tokenizer)
+        identity = mixture_identity(weights_fingerprint(self.model), [(file_fingerprint(self.adapter_dir / ADAPTER_WEIGHTS), 1.0)])
+        return AdapterEngine(self.model, self.tokenizer, identity, self.precision)
 
     def respond(self, requests, progress: bool = False) -> list[dict]:
         from tasks.finetune.inference import respond
 
         return respond(self.model, self.tokenizer, requests, self.max_source_tokens, self.max_new_tokens,
-                       self.batch_size, progress)
+                       self.batch_size, progress, precision=self.precision)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """Rows with `text` (a note) or `question` and `context`; returns `prediction` and, for questions, `answer`."""

@@ -88,7 +88,8 @@ def register_expert(adapter_dir: Path, params: Params, base_model_location: str,
             python_model=ExpertAdapterModel(),
             artifacts={"adapter": str(adapter_dir)},
             model_config={"base_model": base_model_location, "max_source_tokens": settings.max_source_tokens,
-                          "max_new_tokens": settings.max_target_tokens, "batch_size": settings.generation_batch_size},
+                          "max_new_tokens": settings.max_target_tokens, "batch_size": settings.generation_batch_size,
+                          "precision": settings.precision},
             pip_requirements=["torch", "transformers", "peft", "pandas"],
             registered_model_name=name,
         )
@@ -155,7 +156,8 @@ def register_router(router_dir: Path, adapter_dirs: dict[str, Path], params: Par
             artifacts={"router": str(router_dir),
                        **{f"{ADAPTER_ARTIFACT_PREFIX}{e}": str(adapter_dirs[e]) for e in experts}},
             model_config={"base_model": base_model_location, "max_new_tokens": params.finetune.max_target_tokens,
-                          "batch_size": params.finetune.generation_batch_size},
+                          "batch_size": params.finetune.generation_batch_size,
+                          "precision": params.finetune.precision},
             pip_requirements=["torch", "transformers", "peft", "pandas", "safetensors"],
             registered_model_name=name,
         )
@@ -184,7 +186,8 @@ def register_composed_expert(adapter_dir: Path, composition: dict, params: Param
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ExpertAdapterModel(), artifacts={"adapter": str(adapter_dir)},
             model_config={"base_model": base_model_location, "max_source_tokens": params.finetune.max_source_tokens,
-                          "max_new_tokens": params.finetune.max_target_tokens, "batch_size": params.finetune.generation_batch_size},
+                          "max_new_tokens": params.finetune.max_target_tokens, "batch_size": params.finetune.generation_batch_size,
+                          "precision": params.finetune.precision},
             pip_requirements=["torch", "transformers", "peft", "pandas"], registered_model_name=name)
     client = MlflowClient()
     version = str(info.registered_model_version)

@@ -20,7 +20,8 @@ class RoutedExpertsModel(mlflow.pyfunc.PythonModel):
                     if key.startswith(ADAPTER_ARTIFACT_PREFIX)}
         self.system = RoutedSystem(config["base_model"], Path(context.artifacts["router"]), adapters,
                                    generation={"max_new_tokens": int(config.get("max_new_tokens", 48)),
-                                               "batch_size": int(config.get("batch_size", 8))})
+                                               "batch_size": int(config.get("batch_size", 8))},
+                                   precision=config.get("precision", "auto"))
 
     def evaluation_engine(self):
         return self.system

@@ -16,13 +16,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix  # noqa: E402
 
 
 def confusion_matrix(true: list[int], predicted: list[int], classes: int) -> list[list[int]]:
-    matrix = [[0] * classes for _ in range(classes)]
-    for t, p in zip(true, predicted):
-        matrix[t][p] += 1
-    return matrix
+    """Rows: the true expert, columns: the routed one; every expert has a row, used or not."""
+    if not true:
+        return [[0] * classes for _ in range(classes)]
+    return sklearn_confusion_matrix(true, predicted, labels=list(range(classes))).tolist()
 
 
 def utilisation(weights: torch.Tensor, experts: list[str]) -> dict:

@@ -17,9 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
-
-from tasks.finetune.examples import Request, prompt_ids
+from tasks.finetune.examples import Request
+from tasks.finetune.inference import pooled_hidden_states
 
 
 def decoder_of(model):
@@ -41,34 +40,13 @@ def first_layers(decoder, layer: int):
         decoder.layers = layers
 
 
-@torch.no_grad()
 def request_features(model, tokenizer, requests: Sequence[Request], layer: int, note_tokens: int, question_tokens: int,
-                     batch_size: int = 16, precision: str = "fp32", progress: bool = False) -> torch.Tensor:
+                     batch_size: int = 16, precision: str = "auto", progress: bool = False) -> torch.Tensor:
     """(requests, hidden size) float32: layer `layer`'s output, mean over the prompt's tokens. Prompts
     are cut as the experts see them: notes to `note_tokens`, abstracts to `question_tokens`."""
     decoder = decoder_of(model)
-    device = next(decoder.parameters()).device
-    prompts = [prompt_ids(tokenizer, r, question_tokens if r.is_question else note_tokens) for r in requests]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    features = torch.zeros((len(prompts), decoder.config.hidden_size))
-    was_training = decoder.training
-    decoder.eval()
-    with first_layers(decoder, layer), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"), \
-            tqdm(total=len(prompts), desc="routing features", unit="request", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = max(len(prompts[i]) for i in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, index in enumerate(chunk):
-                ids[row, : len(prompts[index])] = torch.tensor(prompts[index])
-                mask[row, : len(prompts[index])] = 1
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
-            weights = mask.unsqueeze(-1).float()
-            features[chunk] = (hidden * weights).sum(1) / weights.sum(1)
-            bar.update(len(chunk))
-    decoder.train(was_training)
-    return features
+    with first_layers(decoder, layer):
+        return pooled_hidden_states(decoder, tokenizer, requests, note_tokens, question_tokens, batch_size, precision, progress)
 
 
 WORD = re.compile(r"(?u)\b\w\w+\b")
@@ -140,7 +118,7 @@ class RequestFeatures:
 
 
 def featurise(model, tokenizer, requests: Sequence[Request], vectoriser: LexicalVectoriser | None, settings: dict,
-              batch_size: int = 16, precision: str = "fp32", progress: bool = False) -> RequestFeatures:
+              batch_size: int = 16, precision: str = "auto", progress: bool = False) -> RequestFeatures:
     """Both views of each request; `settings` holds layer, note_tokens and question_tokens."""
     hidden = request_features(model, tokenizer, requests, settings["layer"], settings["note_tokens"],
                               settings["question_tokens"], batch_size, precision, progress)

@@ -9,7 +9,8 @@ import torch
 from tqdm import tqdm
 
 from tasks.finetune.examples import TokenizedExample
-from tasks.finetune.train import autocast, collate, target_losses
+from tasks.finetune.precision import autocast, resolve_precision
+from tasks.finetune.train import collate, target_losses
 from tasks.route.mixing import ExpertMixture
 
 
@@ -22,8 +23,8 @@ class MixtureLoss:
     def __init__(self, mixture: ExpertMixture, examples: Sequence[TokenizedExample], pad_id: int,
                  batch_size: int = 8, precision: str = "fp32"):
         self.mixture, self.examples, self.pad_id = mixture, list(examples), pad_id
-        self.batch_size, self.precision = batch_size, precision
         self.device = next(mixture.model.parameters()).device
+        self.batch_size, self.precision = batch_size, resolve_precision(precision, self.device)
         self._subset_losses: dict[tuple[int, tuple[int, ...]], float] = {}
         self.forward_rows = 0
 

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from tasks.finetune.inference import Plan, file_fingerprint, mixture_identity, weights_fingerprint
+
 PEFT_PREFIX = "base_model.model."
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -40,6 +42,7 @@ class ExpertFactors:
     scaling: float
     config: dict
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    fingerprint: str = ""  # of its weights file: the inference cache's name for it
 
 
 def load_expert_factors(adapter_dir: Path, name: str) -> ExpertFactors:
@@ -58,7 +61,7 @@ def load_expert_factors(adapter_dir: Path, name: str) -> ExpertFactors:
         if key.endswith(".lora_A.weight"):
             module = key[len(PEFT_PREFIX) : -len(".lora_A.weight")]
             factors[module] = (state[key].float(), state[key.replace(".lora_A.", ".lora_B.")].float())
-    return ExpertFactors(name, scaling, config, factors)
+    return ExpertFactors(name, scaling, config, factors, file_fingerprint(weights_path))
 
 
 class _RowWeights:
@@ -101,6 +104,7 @@ class ExpertMixture:
         self.experts = experts
         self.names = [e.name for e in experts]
         self._weights = _RowWeights()
+        self.base_fingerprint = weights_fingerprint(model)  # before the experts are installed
         device = next(model.parameters()).device
         modules = sorted({path for e in experts for path in e.factors})
         for path in modules:
@@ -132,6 +136,15 @@ class ExpertMixture:
                              f"for experts {self.names}")
         return matrix
 
+    def identities(self, weights: torch.Tensor) -> list[str]:
+        """Per row of (rows, experts) weights: the weights that answer it, as the inference cache names them
+        (the same for an expert alone as for that expert's own PEFT adapter)."""
+        return [mixture_identity(self.base_fingerprint, [(e.fingerprint, float(w)) for e, w in zip(self.experts, row)])
+                for row in torch.as_tensor(weights, dtype=torch.float).tolist()]
+
+    def engine(self, tokenizer, weights: torch.Tensor, precision: str = "auto") -> MixtureEngine:
+        return MixtureEngine(self, tokenizer, torch.as_tensor(weights, dtype=torch.float), precision)
+
     @contextmanager
     def mixed(self, weights: torch.Tensor, rows: int):
         """Inside, the model adds sum_e weights[row, e] * expert e's update to each row of a batch of `rows`.
@@ -141,6 +154,25 @@ class ExpertMixture:
             yield self.model
         finally:
             self._weights.value = None
+
+
+@dataclass
+class MixtureEngine:
+    """The mixture as an inference engine: request i answered by the mix weights[i]."""
+
+    mixture: ExpertMixture
+    tokenizer: object
+    weights: torch.Tensor
+    precision: str = "auto"
+
+    @property
+    def model(self) -> nn.Module:
+        return self.mixture.model
+
+    def plan(self, requests) -> Plan:
+        if len(requests) != len(self.weights):
+            raise ValueError(f"{len(requests)} requests for {len(self.weights)} rows of mixing weights")
+        return Plan(lambda rows: self.mixture.mixed(self.weights[rows], len(rows)), self.mixture.identities(self.weights))
 
 
 def merged_adapter_state(experts: list[ExpertFactors], weights: list[float]) -> tuple[dict[str, torch.Tensor], dict]:

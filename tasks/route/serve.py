@@ -11,11 +11,10 @@ from pathlib import Path
 
 import torch
 
-from tasks.finetune.base_model import load_base, pick_device
+from tasks.base_model import load_base, pick_device
 from tasks.finetune.examples import Request
-from tasks.finetune.inference import respond
+from tasks.finetune.inference import Plan, respond
 from tasks.finetune.predict import PredictionCounts, read_requests
-from tasks.finetune.train import resolve_precision
 from tasks.route.features import featurise
 from tasks.route.mixing import CombinationCache, ExpertMixture, save_adapter
 from tasks.route.router import Router
@@ -23,14 +22,14 @@ from tasks.route.router import Router
 
 class RoutedSystem:
     def __init__(self, base_model: str, router_dir: Path, adapter_dirs: dict[str, Path], root: Path = Path("."),
-                 generation: dict | None = None):
+                 generation: dict | None = None, precision: str = "auto"):
         """`adapter_dirs`: the PEFT adapter of each expert the router was trained with."""
         self.router = Router.load(router_dir)
         missing = [e for e in self.router.experts if e not in adapter_dirs]
         if missing:
             raise FileNotFoundError(f"{router_dir}: the router routes to {missing}, whose adapters were not given")
         self.device = pick_device("auto")
-        self.precision = resolve_precision("auto", self.device)
+        self.precision = precision  # the one policy (tasks/finetune/precision.py), as evaluated
         self.tokenizer, base = load_base(base_model, root, self.device)
         self.mixture = ExpertMixture.from_adapter_dirs(base, {e: adapter_dirs[e] for e in self.router.experts})
         self.generation = {"max_new_tokens": 48, "batch_size": 8, **(generation or {})}
@@ -39,10 +38,9 @@ class RoutedSystem:
     def model(self):
         return self.mixture.model
 
-    def batch_context(self, requests: list[Request]):
+    def plan(self, requests: list[Request]) -> Plan:
         """Routes every request once; each batch then runs with its rows' mixes (what evaluation scores)."""
-        weights = self._weights(self.route(list(requests)))
-        return lambda rows: self.mixture.mixed(weights[rows], len(rows))
+        return self.mixture.engine(self.tokenizer, self._weights(self.route(list(requests)))).plan(requests)
 
     def _weights(self, routes: list[dict]) -> torch.Tensor:
         return torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
@@ -74,7 +72,8 @@ class RoutedSystem:
             kind_weights = weights[rows]
             answered = respond(self.mixture.model, self.tokenizer, [requests[i] for i in rows], budget,
                                self.generation["max_new_tokens"], self.generation["batch_size"], progress,
-                               batch_context=lambda chunk, w=kind_weights: self.mixture.mixed(w[chunk], len(chunk)))
+                               batch_context=lambda chunk, w=kind_weights: self.mixture.mixed(w[chunk], len(chunk)),
+                               precision=self.precision)
             for row, response in zip(rows, answered):
                 responses[row] = response
         return [response | {"route": route} for response, route in zip(responses, routes)]

@@ -14,9 +14,8 @@ import pandas as pd
 import torch
 
 from tasks.evaluate.metrics import rouge_l
-from tasks.finetune.base_model import load_base, pick_device
-from tasks.finetune.inference import generate
-from tasks.finetune.train import autocast, resolve_precision
+from tasks.base_model import load_base, pick_device
+from tasks.finetune.inference import InferenceCache, scored_generate, target_token_losses
 from tasks.params import MULTITASK_EXPERT, Params
 from tasks.route.compose import compose
 from tasks.route.evaluate import routing_report
@@ -48,6 +47,7 @@ class RoutingSetup:
     vectoriser: LexicalVectoriser | None
     settings: dict
     precision: str
+    cache: InferenceCache | None = None  # generations and losses shared with the evaluate stage
 
     def weights_over_mixture(self, routed: torch.Tensor) -> torch.Tensor:
         """Weights over the routed experts, widened to every adapter in the mixture (others at 0)."""
@@ -60,8 +60,9 @@ class RoutingSetup:
 
 
 def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.DataFrame], progress: bool = True,
-            feature_cache: Path | None = None) -> RoutingSetup:
-    """`feature_cache`: a file to keep the features in between runs of a benchmark (written when absent)."""
+            feature_cache: Path | None = None, cache: InferenceCache | None = None) -> RoutingSetup:
+    """`feature_cache`: a file to keep the features in between runs of a benchmark (written when absent);
+    `cache`: where generations and target losses are kept for the evaluate stage to re-use."""
     experts = routed_experts(params, adapters_dir)
     if not experts:
         raise FileNotFoundError(f"{adapters_dir}: no trained expert adapters to route among; run the finetune stage first")
@@ -74,7 +75,7 @@ def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.
     settings = feature_settings(params) | {"top_k": params.route.top_k, "min_confidence": params.route.min_confidence}
     vectoriser = (LexicalVectoriser(params.route.lexical_buckets).fit(requests["train"].requests)
                   if params.route.lexical_buckets else None)
-    precision = resolve_precision(params.finetune.precision, device)
+    precision = params.finetune.precision
     if feature_cache is not None and feature_cache.exists():
         features = torch.load(feature_cache, weights_only=False)
     else:
@@ -82,7 +83,7 @@ def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.
                     for split, part in requests.items()}
         if feature_cache is not None:
             torch.save(features, feature_cache)
-    return RoutingSetup(params, experts, mixture, tokenizer, requests, features, vectoriser, settings, precision)
+    return RoutingSetup(params, experts, mixture, tokenizer, requests, features, vectoriser, settings, precision, cache)
 
 
 def train_router(setup: RoutingSetup, progress: bool = True) -> tuple[Router, TrainingLog, MixtureLoss | None]:
@@ -134,9 +135,10 @@ def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", l
         schemes["multi-task LoRA"] = None
     schemes |= {"router mixture": router_weights, "oracle expert": oracle,
                 "uniform mixture": torch.full((len(rows), routed), 1.0 / routed)}
+    requests = [part.requests[i] for i in rows]
     examples = tokenized_examples(params, setup.tokenizer, LabelledRequests(
-        [part.requests[i] for i in rows], [part.targets[i] for i in rows], [part.labels[i] for i in rows], [part.groups[i] for i in rows]))
-    scorer = MixtureLoss(setup.mixture, examples, setup.tokenizer.pad_token_id, params.finetune.generation_batch_size, setup.precision)
+        requests, [part.targets[i] for i in rows], [part.labels[i] for i in rows], [part.groups[i] for i in rows]))
+    settings = params.finetune
     table = []
     for system, routed_weights in schemes.items():
         if systems is not None and system not in systems:
@@ -146,23 +148,17 @@ def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", l
             weights[:, setup.mixture.names.index(MULTITASK_EXPERT)] = 1.0
         else:
             weights = setup.weights_over_mixture(routed_weights)
-        row = {"system": system, "notes": len(rows),
-               "target_loss": round(scorer.mean_loss(list(range(len(rows))), weights, progress, f"loss: {system}"), 5)}
+        engine = setup.mixture.engine(setup.tokenizer, weights, setup.precision)
+        plan = engine.plan(requests)
+        losses = target_token_losses(engine, requests, examples, settings.generation_batch_size, setup.cache, plan,
+                                     progress, f"loss: {system}")
+        row = {"system": system, "notes": len(rows), "target_loss": round(sum(l for l, _ in losses) / sum(t for _, t in losses), 5)}
         if generate_text:
-            texts = mixture_generate(setup, [part.requests[i] for i in rows], weights, progress, f"summaries: {system}")
-            row["rouge_l"] = round(float(np.mean([rouge_l(t, part.targets[i]) for t, i in zip(texts, rows)])), 4)
+            generated = scored_generate(engine, requests, settings.max_source_tokens, settings.max_target_tokens,
+                                        settings.generation_batch_size, progress, f"summaries: {system}", setup.cache, plan)
+            row["rouge_l"] = round(float(np.mean([rouge_l(g.text, part.targets[i]) for g, i in zip(generated, rows)])), 4)
         table.append(row)
     return table
-
-
-def mixture_generate(setup: RoutingSetup, requests: list, weights: torch.Tensor, progress: bool = False,
-                     description: str = "generating") -> list[str]:
-    settings = setup.params.finetune
-    device = next(setup.mixture.model.parameters()).device
-    with autocast(device, setup.precision):
-        return generate(setup.mixture.model, setup.tokenizer, requests, settings.max_source_tokens, settings.max_target_tokens,
-                        settings.generation_batch_size, progress, description,
-                        batch_context=lambda rows: setup.mixture.mixed(weights[rows], len(rows)))
 
 
 def compose_experts(setup: RoutingSetup, output_dir: Path, progress: bool = True) -> list[dict]:
