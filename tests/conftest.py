@@ -40,7 +40,8 @@ def make_project(directory: Path, preset: str = "tiny", overrides: dict | None =
     """A real medlora project in `directory`: our dvc.yaml and stage code, a git repo, DVC with a local remote."""
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(PROJECT / name, directory / name)
-    shutil.copytree(PROJECT / "tasks", directory / "tasks", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("tasks", "flows"):  # the stages' code deps (dvc.yaml)
+        shutil.copytree(PROJECT / code, directory / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(PROJECT / "models" / "deid", directory / "models" / "deid")  # the shipped PHI token model
     shutil.copy(PROJECT / "params.yaml", directory / "params.yaml")  # what `medlora run --preset` does, comments kept
     apply_overrides(directory, str(PROJECT / "presets" / f"{preset}.yaml"), merge=overrides)
