@@ -95,7 +95,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
             if "lora_" in name:
                 continue
             values = parameter.detach().double()
-            digest.update(f"{name.removeprefix('base_model.model.')}{tuple(parameter.shape)}"
+            # PEFT renames what it wraps ("base_model.model.<name>", "q_proj.base_layer.weight"): the same weights.
+            name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+            digest.update(f"{name}{tuple(parameter.shape)}"
                           f"{float(values.sum()):.17g}{float((values * values).sum()):.17g}".encode())
     fingerprint = digest.hexdigest()[:16]
     model._medlora_fingerprint = fingerprint
