@@ -30,4 +30,4 @@ ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 clean-outputs:
-	rm -rf data/raw/ingested data/deid data/validated models/adapters reports gx mlflow.db mlartifacts
+	rm -rf data/raw/ingested data/deid data/validated data/cache models/adapters reports gx mlflow.db mlartifacts

@@ -14,7 +14,7 @@ from tasks.finetune.examples import Request, tokenize_example
 from tasks.finetune.train import add_lora
 from tasks.params import FinetuneParams, LoraParams, RouteParams
 from tasks.route.compose import compose
-from tasks.route.features import LexicalVectoriser, RequestFeatures, featurise
+from tasks.route.features import LexicalVectoriser, featurise
 from tasks.route.losses import MixtureLoss
 from tasks.route.mixing import CombinationCache, ExpertMixture, load_expert_factors, merged_adapter_state, save_adapter
 from tasks.route.router import Router, mixing_weights
