@@ -8,7 +8,7 @@ from peft import PeftModel
 
 from tasks.base_model import load_base, prepare_base_model
 from tasks.finetune.examples import Request, tokenize_example
-from tasks.finetune.inference import (AdapterEngine, InferenceCache, file_fingerprint, mixture_identity, respond,
+from tasks.finetune.inference import (AdapterEngine, InferenceCache, file_fingerprint, mixture_identity, respond, scored_answers,
                                       scored_generate, target_token_losses, weights_fingerprint)
 from tasks.finetune.precision import resolve_precision
 from tasks.finetune.train import add_lora
@@ -79,3 +79,16 @@ def test_serving_answers_with_the_precision_evaluation_scored(tiny):
         evaluated = [g.text for g in scored_generate(AdapterEngine(model, tokenizer, precision=precision), requests, 64, 8)]
         served = [r["prediction"] for r in respond(model, tokenizer, requests, 64, 8, precision=precision)]
         assert served == evaluated
+
+
+def test_a_questions_decision_read_in_the_generation_pass_is_that_of_a_forward_pass(tiny):
+    root, tokenizer = tiny
+    _, model = load_base("tiny-random", root)
+    engine = AdapterEngine(model, tokenizer, precision="fp32")
+    questions = [Request(question="Does aspirin lower the risk of stroke?", context="A trial of 2,000 adults. " * k)
+                 for k in (1, 3, 6)]
+    generated = scored_generate(engine, questions, 96, 4, batch_size=3)
+    for from_generation, alone in zip(generated, scored_answers(engine, questions, 96, batch_size=3)):
+        for answer in alone.probabilities:
+            assert from_generation.decision.probabilities[answer] == pytest.approx(alone.probabilities[answer], abs=1e-4)
+        assert from_generation.decision.energy == pytest.approx(alone.energy, abs=1e-3)

@@ -13,7 +13,7 @@ import pandas as pd
 from tasks.evaluate.adversarial import perturb
 from tasks.evaluate.clinical_terms import critical_errors
 from tasks.evaluate.metrics import accuracy, expected_calibration_error, macro_f1, perplexity, rouge_l, separation_auroc
-from tasks.finetune.inference import Engine, InferenceCache, scored_answers, scored_generate, target_token_losses
+from tasks.finetune.inference import Engine, InferenceCache, scored_generate, target_token_losses
 from tasks.finetune.examples import ANSWERS, Request, answer_of, tokenize_example
 from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
 from tasks.params import MULTITASK_EXPERT, Params
@@ -106,9 +106,7 @@ def score_items(engine: Engine, items: list[HeldOutItem], params: Params, with_l
         if with_losses:
             examples = [tokenize_example(engine.tokenizer, items[i].request, items[i].target, source_tokens, new_tokens) for i in rows]
             losses = target_token_losses(engine, requests, examples, batch_size, cache, plan)
-        question_rows = [k for k, i in enumerate(rows) if items[i].is_question]
-        answers = dict(zip(question_rows, scored_answers(engine, [requests[k] for k in question_rows], source_tokens, batch_size,
-                                                         cache=cache, plan=plan.subset(question_rows))))
+        answers = {k: texts[k].decision for k, i in enumerate(rows) if items[i].is_question}
         for k, index in enumerate(rows):
             item, generated = items[index], texts[k]
             errors = [f"{e.kind.replace('_', ' ')}: {e.term}" for e in critical_errors(item.source, generated.text)]

@@ -208,14 +208,6 @@ def _cached(cache: InferenceCache | None, plan: Plan, keys: Callable[[int, str],
 
 
 @dataclass
-class GeneratedText:
-    text: str
-    token_entropy: float   # mean entropy (nats) of the next-token distributions that produced the text
-    energy: float          # mean of -logsumexp(logits) over those steps: higher is less familiar input
-    seconds: float         # this request's share of its batch's wall time (when it was computed)
-
-
-@dataclass
 class AnswerScore:
     probabilities: dict[str, float]   # over yes / no / maybe, renormalised
     entropy: float                    # of the whole next-token distribution where the decision is read
@@ -230,6 +222,33 @@ class AnswerScore:
         return -sum(p * math.log(p) for p in self.probabilities.values() if p > 0)
 
 
+@dataclass
+class GeneratedText:
+    text: str
+    token_entropy: float   # mean entropy (nats) of the next-token distributions that produced the text
+    energy: float          # mean of -logsumexp(logits) over those steps: higher is less familiar input
+    seconds: float         # this request's share of its batch's wall time (when it was computed)
+    decision: AnswerScore  # yes / no / maybe read from the first step (what a question's answer is)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decision, dict):  # as the cache keeps it
+            self.decision = AnswerScore(**self.decision)
+
+
+def _decisions(logits: torch.Tensor, candidates: dict[str, list[int]]) -> list[dict]:
+    """Per row of next-token logits (rows, vocab): P(yes / no / maybe) renormalised over the three, and the
+    entropy and energy of the whole distribution."""
+    entropy, energy = _step_signals(logits)
+    probabilities = logits.float().softmax(-1)
+    decisions = []
+    for row in range(len(logits)):
+        mass = {a: probabilities[row, candidates[a]].sum().item() for a in ANSWERS}
+        total = sum(mass.values()) or 1.0
+        decisions.append({"probabilities": {a: m / total for a, m in mass.items()}, "entropy": float(entropy[row]),
+                          "energy": float(energy[row])})
+    return decisions
+
+
 def _step_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy and energy of each row of next-token logits (..., vocab)."""
     logits = logits.float()
@@ -241,10 +260,13 @@ def _step_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def scored_generate(engine: Engine, requests: Sequence[Request], max_source_tokens: int, max_new_tokens: int,
                     batch_size: int = 8, progress: bool = False, description: str = "generating",
                     cache: InferenceCache | None = None, plan: Plan | None = None) -> list[GeneratedText]:
-    """Greedy continuations with each step's entropy and energy, in the order given."""
+    """Greedy continuations with each step's entropy and energy, in the order given, and the yes / no / maybe
+    decision read from the first step's distribution (the same forward pass over the prompt that
+    `scored_answers` makes, so a question costs one pass, not two)."""
     tokenizer = engine.tokenizer
     plan = plan or engine.plan(requests)
     prompts = [prompt_ids(tokenizer, r, max_source_tokens) for r in requests]
+    candidates = answer_token_ids(tokenizer)
 
     def compute(rows: list[int]) -> dict[int, dict]:
         results: dict[int, dict] = {}
@@ -259,18 +281,20 @@ def scored_generate(engine: Engine, requests: Sequence[Request], max_source_toke
                                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
                 seconds = (time.perf_counter() - started) / len(chunk)
                 entropy, energy = _step_signals(torch.stack(out.logits, 1))
+                decisions = _decisions(out.logits[0], candidates)
                 new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
                 for row, index in enumerate(chunk):
                     ended = (new_tokens[row] == tokenizer.eos_token_id).nonzero()
                     steps = int(ended[0]) + 1 if len(ended) else new_tokens.shape[1]
                     results[index] = {"text": tokenizer.decode(new_tokens[row, :steps], skip_special_tokens=True).strip(),
                                       "token_entropy": float(entropy[row, :steps].mean()),
-                                      "energy": float(energy[row, :steps].mean()), "seconds": seconds}
+                                      "energy": float(energy[row, :steps].mean()), "seconds": seconds,
+                                      "decision": decisions[row]}
                 bar.update(len(chunk))
         return results
 
     precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
-    found = _cached(cache, plan, lambda i, who: InferenceCache.key("generate", who, precision, max_new_tokens, prompts[i]),
+    found = _cached(cache, plan, lambda i, who: InferenceCache.key("generate/2", who, precision, max_new_tokens, prompts[i]),
                     len(requests), compute)
     return [GeneratedText(**result) for result in found]
 
@@ -292,13 +316,7 @@ def scored_answers(engine: Engine, requests: Sequence[Request], max_source_token
                 # Left padding puts every prompt's last token in the last column: one LM-head row per request.
                 with plan.context(list(chunk)) if plan.context else nullcontext():
                     logits = engine.model(**batch, logits_to_keep=1).logits[:, -1].float()
-                entropy, energy = _step_signals(logits)
-                probabilities = logits.softmax(-1)
-                for row, index in enumerate(chunk):
-                    mass = {a: probabilities[row, candidates[a]].sum().item() for a in ANSWERS}
-                    total = sum(mass.values()) or 1.0
-                    results[index] = {"probabilities": {a: m / total for a, m in mass.items()},
-                                      "entropy": float(entropy[row]), "energy": float(energy[row])}
+                results |= dict(zip(chunk, _decisions(logits, candidates)))
         return results
 
     precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
@@ -379,15 +397,14 @@ def respond(model, tokenizer, requests: Sequence[Request], max_source_tokens: in
             batch_size: int = 8, progress: bool = False, batch_context: BatchContext | None = None,
             precision: str = "auto") -> list[dict]:
     """What `medlora predict` and the served models add to each record: `prediction`, and for questions
-    `answer` with its probabilities."""
-    predictions = generate(model, tokenizer, requests, max_source_tokens, max_new_tokens, batch_size, progress,
-                           batch_context=batch_context, precision=precision)
-    responses: list[dict] = [{"prediction": text} for text in predictions]
-    questions = [i for i, request in enumerate(requests) if request.is_question]
-    if questions:
-        question_context = Plan(batch_context).subset(questions).context
-        probabilities = answer_probabilities(model, tokenizer, [requests[i] for i in questions], max_source_tokens,
-                                             batch_size, progress, question_context, precision)
-        for index, answer in zip(questions, probabilities):
-            responses[index] |= {"answer": best_answer(answer), "answer_probabilities": answer}
+    `answer` with its probabilities (read from the generation's first step)."""
+    engine = PlannedEngine(model, tokenizer, Plan(batch_context), precision)
+    responses = []
+    for request, generated in zip(requests, scored_generate(engine, requests, max_source_tokens, max_new_tokens, batch_size,
+                                                            progress)):
+        response = {"prediction": generated.text}
+        if request.is_question:
+            probabilities = {a: round(p, 6) for a, p in generated.decision.probabilities.items()}
+            response |= {"answer": best_answer(probabilities), "answer_probabilities": probabilities}
+        responses.append(response)
     return responses
