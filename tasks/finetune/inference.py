@@ -41,12 +41,6 @@ class Plan:
     context: BatchContext | None = None
     identities: list[str] | None = None
 
-    def subset(self, rows: Sequence[int]) -> Plan:
-        """The plan for requests[rows], indexed 0..len(rows)-1."""
-        rows = list(rows)
-        context = (lambda chunk: self.context([rows[i] for i in chunk])) if self.context else None
-        return Plan(context, [self.identities[i] for i in rows] if self.identities is not None else None)
-
 
 class Engine(Protocol):
     model: torch.nn.Module
@@ -175,6 +169,10 @@ def padded(sequences: list[list[int]], pad_id: int, device: torch.device, side: 
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+def _precision(engine: Engine) -> str:
+    return resolve_precision(engine.precision, next(engine.model.parameters()).device)
+
+
 @contextmanager
 def _running(engine: Engine):
     """The model in eval mode under the engine's precision; yields (device, precision)."""
@@ -182,7 +180,7 @@ def _running(engine: Engine):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    precision = resolve_precision(engine.precision, device)
+    precision = _precision(engine)
     try:
         with torch.no_grad(), autocast(device, precision):
             yield device, precision
@@ -293,7 +291,7 @@ def scored_generate(engine: Engine, requests: Sequence[Request], max_source_toke
                 bar.update(len(chunk))
         return results
 
-    precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
+    precision = _precision(engine)
     found = _cached(cache, plan, lambda i, who: InferenceCache.key("generate/2", who, precision, max_new_tokens, prompts[i]),
                     len(requests), compute)
     return [GeneratedText(**result) for result in found]
@@ -319,7 +317,7 @@ def scored_answers(engine: Engine, requests: Sequence[Request], max_source_token
                 results |= dict(zip(chunk, _decisions(logits, candidates)))
         return results
 
-    precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
+    precision = _precision(engine)
     found = _cached(cache, plan, lambda i, who: InferenceCache.key("answer", who, precision, prompts[i]), len(requests), compute)
     return [AnswerScore(**result) for result in found]
 
@@ -345,7 +343,7 @@ def target_token_losses(engine: Engine, requests: Sequence[Request], examples: S
                 bar.update(len(chunk))
         return results
 
-    precision = resolve_precision(engine.precision, next(engine.model.parameters()).device)
+    precision = _precision(engine)
     found = _cached(cache, plan, lambda i, who: InferenceCache.key(
         "loss", who, precision, examples[i].input_ids, examples[i].labels, examples[i].answer_weight), len(examples), compute)
     return [(result["loss"], result["tokens"]) for result in found]
