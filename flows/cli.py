@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
                                        "default: the one the route stage wrote under models/router")
     route.add_argument("--merged-adapters", type=Path,
                        help="also write each distinct route's mix as one merged PEFT adapter here, named in the output")
+    serve = commands.add_parser("serve", help="serve the champion bundle: OpenAI-compatible API, batching, hot reload")
+    serve.add_argument("--model", help="a model URI (default: models:/<prefix>-bundle@champion, followed as it moves)")
+    serve.add_argument("--host", help="default: serve.host in params.yaml")
+    serve.add_argument("--port", type=int, help="default: serve.port in params.yaml")
     from tasks.review.cli import add_review_commands
 
     add_review_commands(commands)
@@ -58,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "deid":
         return run_deid_command(args, root)
+    if args.command == "serve":
+        from tasks.params import load_params
+        from tasks.serve.server import serve
+
+        serve(load_params(root), root, args.model, args.host, args.port)
+        return 0
     if args.command == "predict":
         return run_predict_command(args, root)
     if args.command == "route":
@@ -276,7 +286,9 @@ def run_route_command(args, root: Path) -> int:
             from tasks.route.serve import RoutedSystem
             from tasks.route.stage import ROUTER_MODEL_DIR
 
-            experts = [*params.experts, *params.finetune.task_experts]
+            from tasks.route.requests import routed_experts
+
+            experts = routed_experts(params, root / ADAPTERS_DIR)
             system = RoutedSystem(params.base_model, root / ROUTER_MODEL_DIR, {e: root / ADAPTERS_DIR / e for e in experts}, root)
         return route_file(system, args.input, args.output, merged_dir=args.merged_adapters,
                           cache_size=params.route.combination_cache, grid=params.route.combination_grid)

@@ -1,5 +1,6 @@
-"""Stage: train the router among the experts, score it (routing and downstream), compose experts for
-specialties that have none, and register the router and composed experts in MLflow."""
+"""Stage: train the router among the experts, score it (routing and downstream), set the served bundle's
+safety thresholds on validation, compose experts for specialties that have none, and register the bundle
+(router, every expert, base model, code) and composed experts in MLflow."""
 
 import json
 import shutil
@@ -13,10 +14,12 @@ from flows.stage_runtime import stage_run
 from flows.validate import VALIDATED_DIR
 from tasks.base_model import resolve_base_model
 from tasks.finetune.inference import InferenceCache
-from tasks.register.registry import register_composed_expert, register_router
+from tasks.register.bundle_registry import register_bundle
+from tasks.register.registry import register_composed_expert
 from tasks.route.evaluate import plot_confusion, plot_downstream, plot_utilisation
 from tasks.route.stage import (COMPOSED_DIR, EVALUATION_FILE, ROUTER_DIR, ROUTER_MODEL_DIR, compose_experts, downstream_table,
-                               prepare, read_notes, routing_evaluation, train_router)
+                               prepare, read_notes, routing_evaluation, safety_thresholds,
+                               train_router)
 from tasks.stages import REPORTS_DIR
 from tasks.tracking import configure_tracking
 from tasks.versioning import dvc_data_version, git_commit
@@ -40,6 +43,8 @@ def train_and_evaluate(root: Path, params) -> dict:
     evaluation["downstream"] = downstream_table(router, setup, limit=params.route.evaluate_notes)
     for row in evaluation["downstream"]:
         logger.info("downstream %s: target loss %s, ROUGE-L %s", row["system"], row["target_loss"], row.get("rouge_l"))
+    evaluation["safety"] = safety_thresholds(router, setup)
+    evaluation["base_fingerprint"] = setup.mixture.base_fingerprint
     evaluation["composed"] = compose_experts(setup, root / COMPOSED_DIR)
     (root / ROUTER_DIR / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
     return evaluation
@@ -65,9 +70,10 @@ def register(root: Path, params, evaluation: dict, plots: list[Path]) -> list[di
     registered_path = root / REPORTS_DIR / "registered_models.json"
     registered = json.loads(registered_path.read_text()) if registered_path.exists() else []
     expert_versions = {r["expert"]: f"{r['model']}/{r['version']}" for r in registered if r["expert"] in evaluation["experts"]}
-    adapters = {e: root / ADAPTERS_DIR / e for e in evaluation["experts"]}
-    results = [{"expert": "(router)", **register_router(root / ROUTER_MODEL_DIR, adapters, params, location, evaluation, plots,
-                                                        versions, expert_versions)}]
+    served = [*evaluation["experts"], *(e for e in params.trained_experts() if e not in evaluation["experts"])]
+    adapters = {e: root / ADAPTERS_DIR / e for e in served if (root / ADAPTERS_DIR / e / "adapter_config.json").exists()}
+    results = [{"expert": "(bundle)", **register_bundle(root, root / ROUTER_MODEL_DIR, adapters, params, location, evaluation,
+                                                        plots, versions, expert_versions)}]
     for composition in evaluation["composed"]:
         if "skipped" not in composition:
             results.append(register_composed_expert(root / COMPOSED_DIR / composition["expert"], composition, params,

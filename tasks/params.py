@@ -247,6 +247,20 @@ class PromoteParams(Strict):
     min_reviewed: int = Field(1, ge=0)        # decided review items a candidate needs
 
 
+class ServeParams(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model: str = ""                           # what `medlora serve` serves ("" : models:/<prefix>-bundle@champion)
+    batch_window_ms: float = Field(20, ge=0)  # a batch waits this long for more requests after its first arrives
+    max_batch_size: int = Field(16, ge=1)     # requests per generation pass
+    max_queue: int = Field(64, ge=1)          # requests waiting beyond this get HTTP 429
+    max_request_chars: int = Field(100_000, ge=1)  # longer prompts get HTTP 413 (notes are cut to the token budget anyway)
+    max_new_tokens_limit: int = Field(256, ge=1)   # the most tokens a request may ask for
+    reload_interval_s: float = Field(10, gt=0)     # how often the registry is asked where `champion` points
+    calibration_requests: int = Field(64, ge=0)    # validation requests the bundle's safety thresholds are set on
+    base_artifact_max_mb: float = Field(100, ge=0) # a prepared base model up to this size travels in the bundle
+
+
 class TrackingParams(Strict):
     mlflow_uri: str = "sqlite:///mlflow.db"
     artifact_dir: str = "mlartifacts"
@@ -267,6 +281,7 @@ class Params(Strict):
     evaluate: EvaluateParams = EvaluateParams()
     review: ReviewParams = ReviewParams()
     promote: PromoteParams = PromoteParams()
+    serve: ServeParams = ServeParams()
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

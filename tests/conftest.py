@@ -102,3 +102,19 @@ def write_question_corpus(path: Path, count: int, seed: int = 0) -> Path:
         }
     path.write_text(json.dumps(items))
     return path
+
+
+@pytest.fixture(scope="session")
+def finished_project(tmp_path_factory, prefect_api):
+    """The whole pipeline run twice on the tiny preset (shared by the pipeline and serving tests)."""
+    from flows.pipeline import pipeline_flow
+
+    directory = tmp_path_factory.mktemp("medlora")
+    questions = write_question_corpus(directory / "questions.json", count=40)
+    # Nephrology gets no trained expert: the route stage composes one from a few of its notes.
+    project = make_project(directory, overrides={"finetune": {"task_experts": {"pubmedqa": {"path": str(questions)}}},
+                                                 "experts": {"renal_uro": ["Urology"]},
+                                                 "route": {"compose": {"specialties": {"nephrology": ["Nephrology"]}}}})
+    first = pipeline_flow(root=str(project))
+    second = pipeline_flow(root=str(project))
+    return project, first, second

@@ -8,26 +8,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.pipeline import pipeline_flow
 from tasks.corpus.generate import read_gold_spans
 from tasks.params import load_params
 
-from .conftest import write_question_corpus
-
-
-@pytest.fixture(scope="module")
-def finished_project(tmp_path_factory, prefect_api):
-    from .conftest import make_project
-
-    directory = tmp_path_factory.mktemp("medlora")
-    questions = write_question_corpus(directory / "questions.json", count=40)
-    # Nephrology gets no trained expert: the route stage composes one from a few of its notes.
-    project = make_project(directory, overrides={"finetune": {"task_experts": {"pubmedqa": {"path": str(questions)}}},
-                                                 "experts": {"renal_uro": ["Urology"]},
-                                                 "route": {"compose": {"specialties": {"nephrology": ["Nephrology"]}}}})
-    first = pipeline_flow(root=str(project))
-    second = pipeline_flow(root=str(project))
-    return project, first, second
 
 
 def test_every_stage_ran_then_was_reused(finished_project):
@@ -186,7 +169,7 @@ def test_route_stage_registers_the_router_with_its_evaluation_beside_the_experts
     assert len(evaluation["training"]["val_accuracy_per_epoch"]) > 0
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    version = client.search_model_versions("name='medlora-router'")
+    version = client.search_model_versions("name='medlora-bundle'")
     assert len(version) == 1
     experts = json.loads(version[0].tags["experts"])
     assert experts == {e: f"medlora-expert-{e}/1" for e in evaluation["experts"]}
@@ -214,7 +197,7 @@ def test_route_command_writes_weights_per_record_and_flags_bad_lines(finished_pr
                {"id": "bad", "text": ""}]
     source, output, merged = tmp_path / "notes.jsonl", tmp_path / "routes.jsonl", tmp_path / "merged"
     source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    for model in ([], ["--model", "medlora-router"]):
+    for model in ([], ["--model", "medlora-bundle"]):
         assert main(["--root", str(project), "route", "--input", str(source), "--output", str(output),
                      "--merged-adapters", str(merged), *model]) == 1
         routes = [json.loads(line) for line in output.read_text().splitlines()]
@@ -226,17 +209,24 @@ def test_route_command_writes_weights_per_record_and_flags_bad_lines(finished_pr
         assert routes[2]["error"].startswith(f"{source} line 3:")
 
 
-def test_registered_router_answers_with_its_mixture(finished_project):
+def test_registered_bundle_answers_with_its_mixture_and_flags_bad_rows(finished_project):
     import mlflow
 
     project, _, _ = finished_project
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/medlora-router/1")
+    model = mlflow.pyfunc.load_model("models:/medlora-bundle/1")
     answers = model.predict(pd.DataFrame([{"text": "Chest pain and dyspnea on exertion, echo ordered."},
-                                          {"question": "Does heparin reduce stroke?", "context": "Heparin reduced stroke in 300 adults."}]))
-    assert list(answers.columns) == ["prediction", "answer", "expert", "weights"]
+                                          {"question": "Does heparin reduce stroke?", "context": "Heparin reduced stroke in 300 adults."},
+                                          {"messages": [{"role": "user", "content": "Knee pain after a fall."}], "model": "orthopedic"},
+                                          {"text": "Headache.", "model": "no-such-expert"},
+                                          {"text": ""}]))
+    assert {"text", "model", "expert", "weights", "flags", "needs_review", "answer", "answer_probabilities", "error"} <= set(answers.columns)
     assert answers.loc[1, "answer"] in ("yes", "no", "maybe")
     assert sum(json.loads(answers.loc[0, "weights"]).values()) == pytest.approx(1.0, abs=1e-4)
+    assert json.loads(answers.loc[2, "weights"]) == {"orthopedic": 1.0} and answers.loc[2, "expert"] == "orthopedic"
+    assert answers.loc[0, "needs_review"] == bool(json.loads(answers.loc[0, "flags"]))
+    assert answers.loc[3, "error"].startswith("input row 3: model 'no-such-expert' is not served")
+    assert answers.loc[4, "error"].startswith("input row 4: a record needs")
 
 
 def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_outputs_for_review(finished_project):
@@ -246,8 +236,8 @@ def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_
     evaluation = json.loads((project / "reports" / "evaluation" / "evaluation.json").read_text())
     candidates = {c["model"]: c for c in evaluation["candidates"]}
     params = load_params(project)
-    assert {f"medlora-expert-{e}" for e in params.trained_experts()} | {"medlora-router"} <= set(candidates)
-    router = candidates["medlora-router"]
+    assert {f"medlora-expert-{e}" for e in params.trained_experts()} | {"medlora-bundle"} <= set(candidates)
+    router = candidates["medlora-bundle"]
     assert router["scope"] == "all" and router["champion"] is None
     assert {"rouge_l", "accuracy", "macro_f1", "ece", "perplexity", "critical_error_rate", "latency_ms"} <= set(router["metrics"])
     assert set(router["base_metrics"]) == set(router["metrics"])
@@ -270,7 +260,7 @@ def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_
     assert evaluate_report.records_out == sum(row["items"] for row in summary.values())
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    run = client.get_run(client.get_model_version("medlora-router", router["version"]).tags["evaluation_run"])
+    run = client.get_run(client.get_model_version("medlora-bundle", router["version"]).tags["evaluation_run"])
     assert run.data.metrics[f"{router['key']}/perplexity"] == router["metrics"]["perplexity"]
     tables = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"candidates.json", "safety_auroc.json", "robustness.json", "evaluation.json"} <= tables
@@ -285,7 +275,7 @@ def test_after_review_through_the_cli_the_gate_promotes_and_the_champion_alias_r
     root = ["--root", str(project)]
     assert main([*root, "promote"]) == 0  # nothing reviewed yet: every candidate is kept out
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    assert not client.get_registered_model("medlora-router").aliases
+    assert not client.get_registered_model("medlora-bundle").aliases
     assert main([*root, "review", "add-reviewer", "alice", "--password", "correct horse"]) == 0
     assert main([*root, "review", "list", "--pending"]) == 0
     assert main([*root, "review", "decide", "--all-pending", "--decision", "approve", "--reviewer", "alice"]) == 0
@@ -294,12 +284,12 @@ def test_after_review_through_the_cli_the_gate_promotes_and_the_champion_alias_r
     assert "promote" in capsys.readouterr().out
 
     evaluation = json.loads((project / "reports" / "evaluation" / "evaluation.json").read_text())
-    router = next(c for c in evaluation["candidates"] if c["model"] == "medlora-router")
+    router = next(c for c in evaluation["candidates"] if c["model"] == "medlora-bundle")
     assert router["metrics"]["perplexity"] < router["base_metrics"]["perplexity"]
-    assert str(client.get_model_version_by_alias("medlora-router", "champion").version) == router["version"]
+    assert str(client.get_model_version_by_alias("medlora-bundle", "champion").version) == router["version"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    assert mlflow.pyfunc.load_model("models:/medlora-router@champion").metadata.run_id == \
-        client.get_model_version("medlora-router", router["version"]).run_id
+    assert mlflow.pyfunc.load_model("models:/medlora-bundle@champion").metadata.run_id == \
+        client.get_model_version("medlora-bundle", router["version"]).run_id
     promotion = mlflow.search_runs(filter_string="tags.`medlora.stage` = 'promote'", order_by=["start_time DESC"])
     assert len(promotion) == 2
     decisions = {a.path for a in client.list_artifacts(promotion.iloc[0]["run_id"])}

@@ -34,7 +34,7 @@ class HeldOutItem:
 
     @property
     def source(self) -> str:
-        return self.request.context if self.is_question else self.request.text
+        return self.request.source
 
     @property
     def shown_input(self) -> str:

@@ -2,7 +2,7 @@
 its held-out data beside the base model and its model's current champion, and pick what people review.
 
 A candidate is the newest version of any model registered under the project's prefix that is not already
-its champion: every expert and composed expert, the router, and whatever joins them later (a student)."""
+its champion: every expert and composed expert, the bundle (router and experts), and whatever joins them later (a student)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from tasks.finetune.inference import AdapterEngine, Engine, InferenceCache, mixt
 from tasks.params import Params
 from tasks.promote.gate import CHAMPION, alias_version
 # Registered candidates are pyfunc models of these classes: loading one runs this code, so evaluation depends on it.
-from tasks.register import expert_model, router_model  # noqa: F401
+from tasks.register import expert_model  # noqa: F401
+from tasks.serve import bundle  # noqa: F401
 
 EVALUATION_DIR = Path("reports/evaluation")
 EVALUATION_FILE = "evaluation.json"
@@ -53,7 +54,7 @@ def candidate_refs(client: MlflowClient, prefix: str) -> list[CandidateRef]:
 
 
 def load_registered_engine(uri: str) -> Engine:
-    """Any registered pyfunc model of ours that offers `evaluation_engine()` (experts, the router, ...)."""
+    """Any registered pyfunc model of ours that offers `evaluation_engine()` (experts, the bundle, ...)."""
     import mlflow
 
     return mlflow.pyfunc.load_model(uri).unwrap_python_model().evaluation_engine()

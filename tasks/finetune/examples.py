@@ -23,15 +23,29 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Request:
-    """What a model is asked: a note to summarise, or a question about a context."""
+    """What a model is asked: a note to summarise, a question about a context, or chat messages
+    ((role, content) pairs; without a system message the note-summary instruction is the system's)."""
 
     text: str | None = None
     question: str | None = None
     context: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
 
     @property
     def is_question(self) -> bool:
         return self.question is not None
+
+    @property
+    def source(self) -> str:
+        """What an answer must be supported by: the note, the context, or what the user wrote."""
+        if self.messages is not None:
+            return "\n".join(content for role, content in self.messages if role == "user")
+        return self.context if self.is_question else self.text
+
+    @property
+    def words(self) -> str:
+        """All the text the request carries (what a router reads)."""
+        return f"{self.question}\n{self.context}" if self.is_question else self.source
 
     @classmethod
     def from_record(cls, record: dict, where: str) -> Request:
@@ -43,7 +57,29 @@ class Request:
             return cls(question=record["question"], context=context)
         if isinstance(record.get("text"), str) and record["text"].strip():
             return cls(text=record["text"])
-        raise ValueError(f"{where}: a record needs a non-empty 'text' (a note) or 'question' and 'context'")
+        if record.get("messages") is not None:
+            return cls(messages=chat_messages(record["messages"], where))
+        raise ValueError(f"{where}: a record needs a non-empty 'text' (a note), 'question' and 'context', or 'messages'")
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def chat_messages(messages, where: str) -> tuple[tuple[str, str], ...]:
+    """Chat messages as (role, content) pairs, checked: a list of {role, content} whose roles are system,
+    user or assistant, with at least one non-empty user message."""
+    if hasattr(messages, "tolist"):  # a numpy array, as pandas holds a column of lists
+        messages = messages.tolist()
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+    pairs = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES or not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: messages[{index}] needs 'role' (one of {', '.join(CHAT_ROLES)}) and a string 'content'")
+        pairs.append((message["role"], message["content"]))
+    if not any(role == "user" and content.strip() for role, content in pairs):
+        raise ValueError(f"{where}: field 'messages' holds no non-empty user message")
+    return tuple(pairs)
 
 
 @dataclass
@@ -76,12 +112,23 @@ def truncate_tail(tokenizer, text: str, max_tokens: int) -> str:
 
 
 def _chat_ids(tokenizer, system: str, user: str) -> list[int]:
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return _template_ids(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": user}])
+
+
+def _template_ids(tokenizer, messages: list[dict]) -> list[int]:
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def prompt_ids(tokenizer, request: Request, max_source_tokens: int) -> list[int]:
+    """The chat prompt an expert sees; a chat's last user message is cut to the budget like a note."""
+    if request.messages is not None:
+        messages = [{"role": role, "content": content} for role, content in request.messages]
+        if messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": SUMMARY_SYSTEM_PROMPT})
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        messages[last_user]["content"] = truncate_head(tokenizer, messages[last_user]["content"], max_source_tokens)
+        return _template_ids(tokenizer, messages)
     if request.is_question:
         context = truncate_tail(tokenizer, request.context, max_source_tokens)
         return _chat_ids(tokenizer, QUESTION_SYSTEM_PROMPT, f"Abstract: {context}\nQuestion: {request.question}")

@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 from tqdm import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from tasks.finetune.examples import ANSWERS, Request, TokenizedExample, answer_token_ids, prompt_ids
 from tasks.finetune.precision import autocast, resolve_precision
@@ -255,6 +257,116 @@ def _step_signals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return entropy, -torch.logsumexp(logits, -1)
 
 
+class RowSampling(LogitsProcessor):
+    """Per row of a batch: greedy (temperature 0) or sampling at its own temperature and top-p, so that
+    requests with different settings share one generation pass."""
+
+    def __init__(self, temperatures: Sequence[float], top_ps: Sequence[float]):
+        self.temperatures = torch.tensor(temperatures, dtype=torch.float)
+        self.top_ps = torch.tensor(top_ps, dtype=torch.float)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        temperatures, top_ps = self.temperatures.to(scores.device), self.top_ps.to(scores.device)
+        scaled = scores.float() / temperatures.clamp_min(1e-5)[:, None]
+        ordered, order = scaled.sort(dim=-1)
+        tail = ordered.softmax(-1).cumsum(-1) <= (1 - top_ps)[:, None]
+        tail[:, -1] = False  # the most probable token always stays
+        scaled = scaled.masked_fill(tail.scatter(1, order, tail), float("-inf"))
+        greedy = torch.full_like(scaled, float("-inf")).scatter(1, scores.argmax(-1, keepdim=True), 0.0)
+        return torch.where((temperatures == 0)[:, None], greedy, scaled)
+
+
+class RowBudgets(StoppingCriteria):
+    """Row i stops after `limits[i]` new tokens, or as soon as `cancelled(i)` says so (a client gone)."""
+
+    def __init__(self, prompt_width: int, limits: Sequence[int], cancelled: Callable[[int], bool] | None = None):
+        self.prompt_width, self.limits, self.cancelled = prompt_width, torch.tensor(limits), cancelled
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        done = (input_ids.shape[1] - self.prompt_width) >= self.limits.to(input_ids.device)
+        if self.cancelled is not None:
+            done |= torch.tensor([self.cancelled(i) for i in range(len(done))], device=done.device)
+        return done
+
+
+class _StepStreamer(BaseStreamer):
+    """Hands each generation step's new token per row, (rows,), to `on_step` (the prompt is skipped)."""
+
+    def __init__(self, on_step: Callable[[list[int]], None]):
+        self.on_step, self.prompt_seen = on_step, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.on_step(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class BatchOptions:
+    """What a serving batch asks of a generation pass beyond greedy decoding to one budget: per row, a
+    token budget, a temperature and a top-p; a callback per step (streaming); a per-row cancellation."""
+
+    limits: Sequence[int] | None = None
+    temperatures: Sequence[float] | None = None
+    top_ps: Sequence[float] | None = None
+    on_step: Callable[[list[int]], None] | None = None
+    cancelled: Callable[[int], bool] | None = None
+
+
+def _generate_batch(engine: Engine, prompts: list[list[int]], max_new_tokens: int, context: AbstractContextManager | None,
+                    options: BatchOptions | None = None):
+    """One left-padded batch through `generate` with the KV cache, raw logits kept; returns (prompt width, output).
+    Called inside `_running(engine)`."""
+    tokenizer, options = engine.tokenizer, options or BatchOptions()
+    batch = padded(prompts, tokenizer.pad_token_id, next(engine.model.parameters()).device)
+    width = batch["input_ids"].shape[1]
+    settings = {"do_sample": False}
+    if options.temperatures is not None and any(t > 0 for t in options.temperatures):
+        settings = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+                    "logits_processor": LogitsProcessorList([RowSampling(options.temperatures, options.top_ps or [1.0] * len(prompts))])}
+    if options.limits is not None or options.cancelled is not None:
+        limits = options.limits if options.limits is not None else [max_new_tokens] * len(prompts)
+        max_new_tokens = max(limits)
+        settings["stopping_criteria"] = StoppingCriteriaList([RowBudgets(width, limits, options.cancelled)])
+    if options.on_step is not None:
+        settings["streamer"] = _StepStreamer(options.on_step)
+    with context or nullcontext():
+        out = engine.model.generate(**batch, max_new_tokens=max_new_tokens, return_dict_in_generate=True, output_logits=True,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **settings)
+    return width, out
+
+
+def _generated_rows(tokenizer, width: int, out, candidates: dict[str, list[int]], limits: Sequence[int] | None = None) -> list[dict]:
+    """Per row of a generation's output: its text up to the first end-of-sequence (or its own budget), the
+    mean entropy and energy of the steps that produced it, how many tokens, and the yes / no / maybe
+    decision of the first step."""
+    entropy, energy = _step_signals(torch.stack(out.logits, 1))
+    decisions = _decisions(out.logits[0], candidates)
+    new_tokens = out.sequences[:, width:]
+    rows = []
+    for row in range(len(new_tokens)):
+        limit = min(limits[row], new_tokens.shape[1]) if limits is not None else new_tokens.shape[1]
+        ended = (new_tokens[row, :limit] == tokenizer.eos_token_id).nonzero()
+        steps = int(ended[0]) + 1 if len(ended) else limit
+        rows.append({"text": tokenizer.decode(new_tokens[row, :steps], skip_special_tokens=True).strip(),
+                     "token_entropy": float(entropy[row, :steps].mean()), "energy": float(energy[row, :steps].mean()),
+                     "decision": decisions[row], "tokens": steps - int(len(ended) > 0)})
+    return rows
+
+
+def generate_batch(engine: Engine, prompts: list[list[int]], max_new_tokens: int, context: AbstractContextManager | None = None,
+                   options: BatchOptions | None = None) -> list[dict]:
+    """One batch of prompts (token ids) answered together, as serving runs it: each row's result as
+    `scored_generate` gives it, plus `tokens` (how many it generated, end-of-sequence not counted)."""
+    with _running(engine):
+        width, out = _generate_batch(engine, prompts, max_new_tokens, context, options)
+        return _generated_rows(engine.tokenizer, width, out, answer_token_ids(engine.tokenizer), (options or BatchOptions()).limits)
+
+
 def scored_generate(engine: Engine, requests: Sequence[Request], max_source_tokens: int, max_new_tokens: int,
                     batch_size: int = 8, progress: bool = False, description: str = "generating",
                     cache: InferenceCache | None = None, plan: Plan | None = None) -> list[GeneratedText]:
@@ -268,26 +380,14 @@ def scored_generate(engine: Engine, requests: Sequence[Request], max_source_toke
 
     def compute(rows: list[int]) -> dict[int, dict]:
         results: dict[int, dict] = {}
-        with _running(engine) as (device, _), tqdm(total=len(rows), desc=description, unit="request",
-                                                   disable=not progress) as bar:
+        with _running(engine), tqdm(total=len(rows), desc=description, unit="request", disable=not progress) as bar:
             for chunk in _batches(_sorted_by_length(prompts, rows), batch_size):
-                batch = padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device)
                 started = time.perf_counter()
-                with plan.context(list(chunk)) if plan.context else nullcontext():
-                    out = engine.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                                return_dict_in_generate=True, output_logits=True,
-                                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                width, out = _generate_batch(engine, [prompts[i] for i in chunk], max_new_tokens,
+                                             plan.context(list(chunk)) if plan.context else None)
                 seconds = (time.perf_counter() - started) / len(chunk)
-                entropy, energy = _step_signals(torch.stack(out.logits, 1))
-                decisions = _decisions(out.logits[0], candidates)
-                new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
-                for row, index in enumerate(chunk):
-                    ended = (new_tokens[row] == tokenizer.eos_token_id).nonzero()
-                    steps = int(ended[0]) + 1 if len(ended) else new_tokens.shape[1]
-                    results[index] = {"text": tokenizer.decode(new_tokens[row, :steps], skip_special_tokens=True).strip(),
-                                      "token_entropy": float(entropy[row, :steps].mean()),
-                                      "energy": float(energy[row, :steps].mean()), "seconds": seconds,
-                                      "decision": decisions[row]}
+                for index, row in zip(chunk, _generated_rows(tokenizer, width, out, candidates)):
+                    results[index] = {k: v for k, v in row.items() if k != "tokens"} | {"seconds": seconds}
                 bar.update(len(chunk))
         return results
 

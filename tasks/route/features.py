@@ -52,10 +52,6 @@ def request_features(model, tokenizer, requests: Sequence[Request], layer: int, 
 WORD = re.compile(r"(?u)\b\w\w+\b")
 
 
-def request_text(request: Request) -> str:
-    return f"{request.question}\n{request.context}" if request.is_question else request.text
-
-
 class LexicalVectoriser:
     """Hashed TF-IDF of a request's words (sublinear term frequency, L2-normalised): the lexical half of
     the features. Specialty vocabulary ("laminectomy", "cystoscopy") separates experts that hidden
@@ -75,14 +71,14 @@ class LexicalVectoriser:
     def fit(self, requests: Sequence[Request]) -> LexicalVectoriser:
         document_frequency = torch.zeros(self.buckets)
         for request in requests:
-            document_frequency[list(self._counts(request_text(request)))] += 1
+            document_frequency[list(self._counts(request.words))] += 1
         self.idf = torch.log((1 + len(requests)) / (1 + document_frequency)) + 1
         return self
 
     def transform(self, requests: Sequence[Request]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         bags = []
         for request in requests:
-            counts = self._counts(request_text(request))
+            counts = self._counts(request.words)
             ids = torch.tensor(sorted(counts), dtype=torch.long)
             weights = (1 + torch.log(torch.tensor([float(counts[i]) for i in ids.tolist()]))) * self.idf[ids]
             bags.append((ids, weights / weights.norm().clamp_min(1e-12)))

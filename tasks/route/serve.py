@@ -1,7 +1,7 @@
-"""The routed system at serving time: base model + router + every routed expert, mixed per request.
+"""The routed system: base model + router + every expert, mixed per request.
 
-`medlora route` writes each record's routing (for auditing on one's own labelled notes); the
-registered router model also answers requests with the mixture its routes choose."""
+`medlora route` writes each record's routing (for auditing on one's own labelled notes); the served
+bundle (tasks/serve/) answers requests with the mixes its routes choose."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from tasks.base_model import load_base, pick_device
 from tasks.finetune.examples import Request
-from tasks.finetune.inference import Plan, respond
+from tasks.finetune.inference import Plan
 from tasks.finetune.predict import PredictionCounts, read_requests
 from tasks.route.features import featurise
 from tasks.route.mixing import CombinationCache, ExpertMixture, save_adapter
@@ -22,8 +22,9 @@ from tasks.route.router import Router
 
 class RoutedSystem:
     def __init__(self, base_model: str, router_dir: Path, adapter_dirs: dict[str, Path], root: Path = Path("."),
-                 generation: dict | None = None, precision: str = "auto"):
-        """`adapter_dirs`: the PEFT adapter of each expert the router was trained with."""
+                 precision: str = "auto"):
+        """`adapter_dirs`: the PEFT adapter of each expert the router was trained with, and of any other
+        expert to be served by name (the multi-task adapter)."""
         self.router = Router.load(router_dir)
         missing = [e for e in self.router.experts if e not in adapter_dirs]
         if missing:
@@ -31,8 +32,8 @@ class RoutedSystem:
         self.device = pick_device("auto")
         self.precision = precision  # the one policy (tasks/finetune/precision.py), as evaluated
         self.tokenizer, base = load_base(base_model, root, self.device)
-        self.mixture = ExpertMixture.from_adapter_dirs(base, {e: adapter_dirs[e] for e in self.router.experts})
-        self.generation = {"max_new_tokens": 48, "batch_size": 8, **(generation or {})}
+        names = [*self.router.experts, *(e for e in adapter_dirs if e not in self.router.experts)]
+        self.mixture = ExpertMixture.from_adapter_dirs(base, {e: adapter_dirs[e] for e in names})
 
     @property
     def model(self):
@@ -43,7 +44,8 @@ class RoutedSystem:
         return self.mixture.engine(self.tokenizer, self._weights(self.route(list(requests)))).plan(requests)
 
     def _weights(self, routes: list[dict]) -> torch.Tensor:
-        return torch.tensor([[r["weights"][e] for e in self.router.experts] for r in routes])
+        """(routes, experts of the mixture): each route's weights; experts the router does not choose get 0."""
+        return torch.tensor([[r["weights"].get(e, 0.0) for e in self.mixture.names] for r in routes])
 
     def route(self, requests: list[Request], progress: bool = False) -> list[dict]:
         """Per request: the probability and the mixing weight of each expert, the most probable one,
@@ -58,25 +60,6 @@ class RoutedSystem:
                  "probabilities": {e: round(float(p), 6) for e, p in zip(self.router.experts, row_p)},
                  "expert": self.router.experts[int(row_p.argmax())], "fallback": bool(row_w.sum() == 0)}
                 for row_p, row_w in zip(probabilities, weights)]
-
-    def respond(self, requests: list[Request], progress: bool = False) -> list[dict]:
-        """Routes, then answers each request with its own mixture of experts (rows of a batch differ)."""
-        routes = self.route(requests, progress)
-        weights = self._weights(routes)
-        settings = self.router.settings
-        responses: list[dict] = [{}] * len(requests)
-        for is_question, budget in ((False, settings["note_tokens"]), (True, settings["question_tokens"])):
-            rows = [i for i, r in enumerate(requests) if r.is_question == is_question]
-            if not rows:
-                continue
-            kind_weights = weights[rows]
-            answered = respond(self.mixture.model, self.tokenizer, [requests[i] for i in rows], budget,
-                               self.generation["max_new_tokens"], self.generation["batch_size"], progress,
-                               batch_context=lambda chunk, w=kind_weights: self.mixture.mixed(w[chunk], len(chunk)),
-                               precision=self.precision)
-            for row, response in zip(rows, answered):
-                responses[row] = response
-        return [response | {"route": route} for response, route in zip(responses, routes)]
 
 
 def export_merged_adapters(system: RoutedSystem, routes: list[dict], directory: Path, cache: CombinationCache) -> None:

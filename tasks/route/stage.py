@@ -26,6 +26,7 @@ from tasks.route.requests import (SPLITS, LabelledRequests, feature_settings, la
                                   tokenized_examples)
 from tasks.route.router import Router
 from tasks.route.strategies import STRATEGIES, RoutingProblem, TrainingLog
+from tasks.serve.safety import calibrate
 
 ROUTER_DIR = Path("models/router")
 ROUTER_MODEL_DIR = ROUTER_DIR / "router"
@@ -159,6 +160,34 @@ def downstream_table(router: Router, setup: RoutingSetup, split: str = "test", l
             row["rouge_l"] = round(float(np.mean([rouge_l(g.text, part.targets[i]) for g, i in zip(generated, rows)])), 4)
         table.append(row)
     return table
+
+
+def safety_thresholds(router: Router, setup: RoutingSetup, split: str = "val", progress: bool = True) -> dict:
+    """The served bundle's safety thresholds (tasks/serve/safety.py), set on up to `serve.calibration_requests`
+    of the split's requests answered by the router's mix, with the budgets serving gives them."""
+    params, part = setup.params, setup.requests[split]
+    rows = list(range(len(part.requests)))
+    limit = params.serve.calibration_requests
+    if len(rows) > limit:
+        rows = sorted(random.Random(params.seed).sample(rows, limit))
+    if not rows:
+        return calibrate([], params.evaluate.flag_share).to_dict()
+    _, weights = router.route(setup.features[split][rows])
+    weights = setup.weights_over_mixture(weights)
+    outputs = []
+    for is_question in (False, True):
+        chosen = [k for k, i in enumerate(rows) if part.requests[i].is_question == is_question]
+        if not chosen:
+            continue
+        requests = [part.requests[rows[k]] for k in chosen]
+        new_tokens = max(params.finetune.for_expert(part.groups[rows[k]]).max_target_tokens if is_question
+                         else params.finetune.max_target_tokens for k in chosen)
+        source_tokens = setup.settings["question_tokens" if is_question else "note_tokens"]
+        engine = setup.mixture.engine(setup.tokenizer, weights[chosen], setup.precision)
+        for g in scored_generate(engine, requests, source_tokens, new_tokens, params.finetune.generation_batch_size, progress,
+                                 "safety calibration", setup.cache):
+            outputs.append((True, g.decision.entropy, g.decision.energy) if is_question else (False, g.token_entropy, g.energy))
+    return calibrate(outputs, params.evaluate.flag_share).to_dict()
 
 
 def compose_experts(setup: RoutingSetup, output_dir: Path, progress: bool = True) -> list[dict]:
