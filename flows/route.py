@@ -33,7 +33,7 @@ def train_and_evaluate(root: Path, params) -> dict:
     setup = prepare(params, root, root / ADAPTERS_DIR, read_notes(root, VALIDATED_DIR), cache=InferenceCache.for_project(root))
     router, log, train_loss = train_router(setup)
     router.save(root / ROUTER_MODEL_DIR)
-    evaluation = {"strategy": params.route.strategy, "experts": setup.experts,
+    evaluation = {"strategy": params.route.strategy, "experts": setup.experts, "layer_selection": setup.layer_selection,
                   "training": {"loss_per_epoch": log.loss_per_epoch, "val_accuracy_per_epoch": log.val_accuracy_per_epoch,
                                "best_epoch": log.best_epoch, **log.extra,
                                **({"scored_forward_rows": train_loss.forward_rows} if train_loss else {})},

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import NonNegativeInt, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = "params.yaml"
 MULTITASK_EXPERT = "multitask"  # one adapter trained on the notes of every specialty expert
@@ -195,7 +195,11 @@ class ComposeParams(Strict):
 
 class RouteParams(Strict):
     strategy: Literal["supervised", "contrastive", "reinforce"] = "supervised"
-    layer: int = Field(0, ge=0)               # the decoder layer whose output, mean-pooled over the prompt, is a feature (0: the last)
+    # The decoder layer whose output, mean-pooled over the prompt, is a feature (0: the last). A list: the
+    # cheapest of them (fewest layers to run per request) whose routing accuracy on validation is within
+    # `layer_tolerance` of the best; layers deeper than the base model has are left out.
+    layer: NonNegativeInt | list[NonNegativeInt] = 0
+    layer_tolerance: float = Field(0.01, ge=0, le=1)
     lexical_buckets: int = Field(65536, ge=0) # hashed TF-IDF of the words, the other feature (0: hidden states only)
     top_k: int = Field(2, ge=1)               # experts mixed per request, their weights renormalised
     min_confidence: float = Field(0.0, ge=0, le=1)   # below this top probability a request gets the base model

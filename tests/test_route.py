@@ -155,6 +155,40 @@ def routing_problem(tiny_root) -> RoutingProblem:
                           featurise(base, tokenizer, val, vectoriser, settings), torch.tensor(val_labels), vectoriser, settings)
 
 
+def test_each_layer_read_in_one_pass_is_what_the_first_layers_alone_give(tiny_root):
+    from tasks.finetune.inference import padded
+    from tasks.finetune.examples import prompt_ids
+    from tasks.route.features import decoder_of, request_features
+
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    requests = [Request(text=t) for t in ("Knee fracture after a fall.", "Chest pain on exertion, relieved by rest today.")]
+    together = request_features(base, tokenizer, requests, [1, 0], 64, 64, precision="fp32")
+    decoder = decoder_of(base)
+    all_layers = decoder.layers
+    for layer, count in ((1, 1), (0, len(all_layers))):
+        decoder.layers = all_layers[:count]
+        try:
+            for row, request in enumerate(requests):
+                batch = padded([prompt_ids(tokenizer, request, 64)], tokenizer.pad_token_id, torch.device("cpu"), side="right")
+                with torch.no_grad():
+                    alone = decoder(**batch).last_hidden_state.float().mean(1)[0]
+                assert torch.allclose(together[layer][row], alone, atol=1e-5)
+        finally:
+            decoder.layers = all_layers
+
+
+def test_candidate_layers_are_ordered_by_cost_and_checked_against_the_model():
+    from tasks.params import load_params
+    from tasks.route.stage import layer_candidates
+
+    params = load_params(Path(__file__).resolve().parents[1])
+    params.route = RouteParams(layer=[0, 8, 2, 99])
+    assert layer_candidates(params, 30) == [2, 8, 0]   # 0 (the last) costs all 30 layers; 99 is deeper than the model
+    params.route = RouteParams(layer=[8])
+    with pytest.raises(ValueError, match="decoder layers 1 to 2"):
+        layer_candidates(params, 2)
+
+
 def test_lexical_vectoriser_is_stable_and_unit_length():
     requests = [Request(text="Knee fracture, knee pain."), Request(text="chest pain")]
     first = LexicalVectoriser(64).fit(requests).transform(requests)

@@ -449,22 +449,40 @@ def target_token_losses(engine: Engine, requests: Sequence[Request], examples: S
     return [(result["loss"], result["tokens"]) for result in found]
 
 
-def pooled_hidden_states(model, tokenizer, requests: Sequence[Request], note_tokens: int, question_tokens: int,
-                         batch_size: int = 16, precision: str = "auto", progress: bool = False) -> torch.Tensor:
-    """(requests, hidden size) float32: the decoder's output (as many layers as it has now), mean over the
-    prompt's tokens. Prompts are cut as the experts see them: notes to `note_tokens`, abstracts to
-    `question_tokens`. `model` is the decoder stack (embeddings, layers, norm) of a causal LM."""
+def pooled_hidden_states(decoder, tokenizer, requests: Sequence[Request], note_tokens: int, question_tokens: int,
+                         layers: Sequence[int], batch_size: int = 16, precision: str = "auto",
+                         progress: bool = False) -> dict[int, torch.Tensor]:
+    """Per layer l in `layers` (1 to the decoder's depth): (requests, hidden size) float32, the output of decoder
+    layer l under the decoder's final norm, mean over the prompt's tokens: what the decoder would give if it
+    had only its first l layers. One pass, through the deepest layer asked for and no further. Prompts are
+    cut as the experts see them: notes to `note_tokens`, abstracts to `question_tokens`. `decoder` is the
+    decoder stack (embeddings, layers, norm) of a causal LM."""
+    depth = len(decoder.layers)
+    if not layers or not all(1 <= layer <= depth for layer in layers):
+        raise ValueError(f"layers {list(layers)}: the base model has decoder layers 1 to {depth}")
     prompts = [prompt_ids(tokenizer, r, question_tokens if r.is_question else note_tokens) for r in requests]
-    features = torch.zeros((len(prompts), model.config.hidden_size))
-    engine = AdapterEngine(model, tokenizer, precision=precision)
-    with _running(engine) as (device, _), tqdm(total=len(prompts), desc="routing features", unit="request",
-                                               disable=not progress) as bar:
-        for chunk in _batches(_sorted_by_length(prompts), batch_size):
-            batch = padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device, side="right")
-            hidden = model(**batch).last_hidden_state.float().cpu()
-            weights = batch["attention_mask"].cpu().unsqueeze(-1).float()
-            features[list(chunk)] = (hidden * weights).sum(1) / weights.sum(1)
-            bar.update(len(chunk))
+    features = {layer: torch.zeros((len(prompts), decoder.config.hidden_size)) for layer in layers}
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [decoder.layers[layer - 1].register_forward_hook(
+        lambda module, args, output, layer=layer: outputs.__setitem__(layer, output[0] if isinstance(output, tuple) else output))
+        for layer in set(layers)]
+    engine = AdapterEngine(decoder, tokenizer, precision=precision)
+    all_layers, decoder.layers = decoder.layers, decoder.layers[: max(layers)]
+    try:
+        with _running(engine) as (device, _), tqdm(total=len(prompts), desc="routing features", unit="request",
+                                                   disable=not progress) as bar:
+            for chunk in _batches(_sorted_by_length(prompts), batch_size):
+                batch = padded([prompts[i] for i in chunk], tokenizer.pad_token_id, device, side="right")
+                decoder(**batch)
+                weights = batch["attention_mask"].unsqueeze(-1).float()
+                for layer in layers:
+                    hidden = decoder.norm(outputs[layer]).float()
+                    features[layer][list(chunk)] = ((hidden * weights).sum(1) / weights.sum(1)).cpu()
+                bar.update(len(chunk))
+    finally:
+        decoder.layers = all_layers
+        for hook in hooks:
+            hook.remove()
     return features
 
 

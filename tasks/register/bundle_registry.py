@@ -16,7 +16,8 @@ def bundle_name(params: Params) -> str:
 
 
 def _flat_metrics(evaluation: dict) -> dict[str, float]:
-    metrics = {}
+    metrics = {f"layer_val_accuracy_{layer}": score
+               for layer, score in ((evaluation.get("layer_selection") or {}).get("val_accuracy") or {}).items()}
     for kind, report in evaluation.get("routing", {}).items():
         metrics[f"routing_accuracy_{kind}"] = report["accuracy"]
         metrics[f"utilisation_entropy_bits_{kind}"] = report["utilisation"]["entropy_bits"]
@@ -46,7 +47,8 @@ def register_bundle(root: Path, router_dir: Path, adapter_dirs: dict[str, Path],
     route = params.route
     with mlflow.start_run(run_name="router", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"medlora.stage": "route", "medlora.strategy": route.strategy, **versions})
-        mlflow.log_params({"strategy": route.strategy, "experts": ",".join(experts), "layer": route.layer,
+        mlflow.log_params({"strategy": route.strategy, "experts": ",".join(experts), "layer": (evaluation.get("layer_selection") or {}).get("chosen", route.layer),
+                           "layer_candidates": str(route.layer),
                            "lexical_buckets": route.lexical_buckets, "top_k": route.top_k, "min_confidence": route.min_confidence,
                            "epochs": route.epochs, "batch_size": route.batch_size, "learning_rate": route.learning_rate,
                            "hidden_l2": route.hidden_l2, "lexical_l2": route.lexical_l2, "base_model_setting": params.base_model,

@@ -1,7 +1,8 @@
 """What a router sees of a request: two cheap views, used together.
 
-- the base model's hidden state at decoder layer `layer`, mean-pooled over the prompt (serving runs
-  the base model over the prompt anyway; only the first `layer` layers run here);
+- the base model's hidden state at decoder layer `layer`, mean-pooled over the prompt (only the first
+  `layer` layers run; serving pays for them on every routed request, so the route stage picks the
+  cheapest candidate layer that routes about as well as the best, tasks/route/stage.py);
 - a hashed TF-IDF bag of the request's words.
 
 On MTSamples each view alone routes about as well as TF-IDF with logistic regression (0.88 to 0.90
@@ -13,7 +14,6 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,26 +27,22 @@ def decoder_of(model):
     return causal_lm.model
 
 
-@contextmanager
-def first_layers(decoder, layer: int):
-    """Run only decoder layers 1..layer for the duration (0: all of them)."""
-    layers = decoder.layers
-    if not 0 <= layer <= len(layers):
-        raise ValueError(f"route.layer is {layer}: the base model has decoder layers 1 to {len(layers)} (0: the last)")
-    decoder.layers = layers[: layer or len(layers)]
-    try:
-        yield decoder
-    finally:
-        decoder.layers = layers
+def depth_of(model) -> int:
+    return len(decoder_of(model).layers)
 
 
-def request_features(model, tokenizer, requests: Sequence[Request], layer: int, note_tokens: int, question_tokens: int,
-                     batch_size: int = 16, precision: str = "auto", progress: bool = False) -> torch.Tensor:
-    """(requests, hidden size) float32: layer `layer`'s output, mean over the prompt's tokens. Prompts
-    are cut as the experts see them: notes to `note_tokens`, abstracts to `question_tokens`."""
-    decoder = decoder_of(model)
-    with first_layers(decoder, layer):
-        return pooled_hidden_states(decoder, tokenizer, requests, note_tokens, question_tokens, batch_size, precision, progress)
+def request_features(model, tokenizer, requests: Sequence[Request], layers: Sequence[int], note_tokens: int,
+                     question_tokens: int, batch_size: int = 16, precision: str = "auto",
+                     progress: bool = False) -> dict[int, torch.Tensor]:
+    """Per layer (0: the last): (requests, hidden size) float32, that layer's output under the final norm,
+    mean over the prompt's tokens, in one pass. Prompts are cut as the experts see them."""
+    depth = depth_of(model)
+    for layer in layers:
+        if not 0 <= layer <= depth:
+            raise ValueError(f"route.layer is {layer}: the base model has decoder layers 1 to {depth} (0: the last)")
+    pooled = pooled_hidden_states(decoder_of(model), tokenizer, requests, note_tokens, question_tokens,
+                                  sorted({layer or depth for layer in layers}), batch_size, precision, progress)
+    return {layer: pooled[layer or depth] for layer in layers}
 
 
 WORD = re.compile(r"(?u)\b\w\w+\b")
@@ -116,7 +112,15 @@ class RequestFeatures:
 def featurise(model, tokenizer, requests: Sequence[Request], vectoriser: LexicalVectoriser | None, settings: dict,
               batch_size: int = 16, precision: str = "auto", progress: bool = False) -> RequestFeatures:
     """Both views of each request; `settings` holds layer, note_tokens and question_tokens."""
-    hidden = request_features(model, tokenizer, requests, settings["layer"], settings["note_tokens"],
-                              settings["question_tokens"], batch_size, precision, progress)
+    return featurise_layers(model, tokenizer, requests, vectoriser, settings, [settings["layer"]], batch_size, precision,
+                            progress)[settings["layer"]]
+
+
+def featurise_layers(model, tokenizer, requests: Sequence[Request], vectoriser: LexicalVectoriser | None, settings: dict,
+                     layers: Sequence[int], batch_size: int = 16, precision: str = "auto",
+                     progress: bool = False) -> dict[int, RequestFeatures]:
+    """Both views of each request with the hidden state of each of `layers` (one pass over the prompts)."""
+    hidden = request_features(model, tokenizer, requests, layers, settings["note_tokens"], settings["question_tokens"],
+                              batch_size, precision, progress)
     bags = vectoriser.transform(requests) if vectoriser is not None else [(torch.zeros(0, dtype=torch.long), torch.zeros(0))] * len(requests)
-    return RequestFeatures(hidden, bags)
+    return {layer: RequestFeatures(hidden[layer], bags) for layer in layers}

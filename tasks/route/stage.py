@@ -5,6 +5,7 @@ experts for specialties that have none, and write everything under models/router
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,13 +20,13 @@ from tasks.finetune.inference import InferenceCache, scored_generate, target_tok
 from tasks.params import MULTITASK_EXPERT, Params
 from tasks.route.compose import compose
 from tasks.route.evaluate import routing_report
-from tasks.route.features import LexicalVectoriser, RequestFeatures, featurise
+from tasks.route.features import LexicalVectoriser, RequestFeatures, depth_of, featurise_layers
 from tasks.route.losses import MixtureLoss
 from tasks.route.mixing import ExpertMixture, merged_adapter_state, save_adapter
 from tasks.route.requests import (SPLITS, LabelledRequests, feature_settings, labelled_requests, routed_experts,
                                   tokenized_examples)
 from tasks.route.router import Router
-from tasks.route.strategies import STRATEGIES, RoutingProblem, TrainingLog
+from tasks.route.strategies import STRATEGIES, RoutingProblem, TrainingLog, accuracy
 from tasks.serve.safety import calibrate
 
 ROUTER_DIR = Path("models/router")
@@ -49,6 +50,7 @@ class RoutingSetup:
     settings: dict
     precision: str
     cache: InferenceCache | None = None  # generations and losses shared with the evaluate stage
+    layer_selection: dict | None = None  # validation routing accuracy per candidate layer, and the one chosen
 
     def weights_over_mixture(self, routed: torch.Tensor) -> torch.Tensor:
         """Weights over the routed experts, widened to every adapter in the mixture (others at 0)."""
@@ -77,14 +79,48 @@ def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.
     vectoriser = (LexicalVectoriser(params.route.lexical_buckets).fit(requests["train"].requests)
                   if params.route.lexical_buckets else None)
     precision = params.finetune.precision
+    candidates = layer_candidates(params, depth_of(base))
     if feature_cache is not None and feature_cache.exists():
-        features = torch.load(feature_cache, weights_only=False)
+        by_layer = torch.load(feature_cache, weights_only=False)
     else:
-        features = {split: featurise(base, tokenizer, part.requests, vectoriser, settings, precision=precision, progress=progress)
-                    for split, part in requests.items()}
+        by_layer = {split: featurise_layers(base, tokenizer, part.requests, vectoriser, settings, candidates,
+                                            precision=precision, progress=progress) for split, part in requests.items()}
         if feature_cache is not None:
-            torch.save(features, feature_cache)
-    return RoutingSetup(params, experts, mixture, tokenizer, requests, features, vectoriser, settings, precision, cache)
+            torch.save(by_layer, feature_cache)
+    setup = RoutingSetup(params, experts, mixture, tokenizer, requests, {}, vectoriser, settings, precision, cache)
+    chosen, scores = choose_layer(setup, by_layer, candidates)
+    setup.settings["layer"] = chosen
+    setup.features = {split: by_layer[split][chosen] for split in by_layer}
+    setup.layer_selection = {"chosen": chosen, "val_accuracy": scores, "tolerance": params.route.layer_tolerance}
+    return setup
+
+
+def layer_candidates(params: Params, depth: int) -> list[int]:
+    """The configured layers the base model has, cheapest first (0, the last layer, costs `depth`)."""
+    layers = params.route.layer if isinstance(params.route.layer, list) else [params.route.layer]
+    kept = [layer for layer in dict.fromkeys(layers) if layer <= depth]
+    if not kept:
+        raise ValueError(f"route.layer {params.route.layer}: the base model has decoder layers 1 to {depth} (0: the last)")
+    return sorted(kept, key=lambda layer: layer or depth)
+
+
+def choose_layer(setup: RoutingSetup, by_layer: dict[str, dict[int, RequestFeatures]], candidates: list[int]) -> tuple[int, dict]:
+    """With one candidate, that one. Else a supervised router per candidate, trained on the training split and
+    scored on validation; the cheapest within `route.layer_tolerance` of the best accuracy wins (serving
+    runs its layers for every routed request). Without labelled validation requests, the deepest."""
+    if len(candidates) == 1:
+        return candidates[0], {}
+    params = setup.params
+    scores = {}
+    for layer in candidates:
+        problem = RoutingProblem(setup.experts, by_layer["train"][layer], setup.labels("train"), by_layer["val"][layer],
+                                 setup.labels("val"), setup.vectoriser, {**setup.settings, "layer": layer, "strategy": "supervised"})
+        router, _ = STRATEGIES["supervised"](problem, params.route, params.seed)
+        scores[layer] = round(accuracy(router, by_layer["val"][layer], setup.labels("val")), 4)
+    if any(math.isnan(score) for score in scores.values()):
+        return candidates[-1], scores
+    best = max(scores.values())
+    return next(layer for layer in candidates if scores[layer] >= best - params.route.layer_tolerance), scores
 
 
 def train_router(setup: RoutingSetup, progress: bool = True) -> tuple[Router, TrainingLog, MixtureLoss | None]:
