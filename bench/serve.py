@@ -13,8 +13,12 @@ to first token is measured where a client sees it. Scenarios, each on the same n
 - server, named experts: each request names its note's expert (the naive loop's work, batched);
 - server, routed: `model: auto`, the router picks and mixes the experts per request;
 - server, base: `model: base`, no adapter (the throughput LoRA serving is measured against).
-Throughput is generated tokens per second (outputs differ in length between systems) and requests per
-second; latency p50/p95 and time to first token per request; the router's share of request latency.
+Throughput: requests per second and generated tokens per second (outputs differ in length between
+systems, while a batch runs until its longest row ends); latency p50/p95 and time to first token per
+request; the router's share of each routed request's latency. Each scenario runs `--repeats` times,
+interleaved; the median run is reported with every run's wall time. By default every request generates
+its whole budget (vLLM's `ignore_eos`, as its serving benchmark does), so that systems whose answers end
+sooner are not credited with less work; `--natural-length` lets answers end where the model ends them.
 """
 
 from __future__ import annotations
@@ -87,7 +91,13 @@ def summary(name: str, wall: float, latencies: list[float], first_tokens: list[f
     return row
 
 
-def naive_loop(params, root: Path, notes: list[tuple[str, str]], budgets: dict, precision: str) -> dict:
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the lower middle one of an even number), with how many there were."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    return ordered[(len(ordered) - 1) // 2] | {"runs": len(runs), "wall_s_all": [r["wall_s"] for r in runs]}
+
+
+def naive_loop(params, root: Path, notes: list[tuple[str, str]], budgets: dict, precision: str, ignore_eos: bool) -> dict:
     """Set the note's adapter, generate, next: PEFT's multi-adapter model, one request at a time."""
     from peft import PeftModel
 
@@ -106,20 +116,24 @@ def naive_loop(params, root: Path, notes: list[tuple[str, str]], budgets: dict, 
         model.set_adapter(expert)
         with torch.no_grad(), autocast(device, resolved):
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=budgets["max_new_tokens"],
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 min_new_tokens=budgets["max_new_tokens"] if ignore_eos else 0, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         new = out[0, ids.shape[1]:]
         tokens += int((new != tokenizer.eos_token_id).sum())
         latencies.append(time.perf_counter() - started)  # all sent at once: each waits for those before it
     return summary("naive loop (set adapter, generate, one at a time)", time.perf_counter() - started, latencies, [], tokens)
 
 
-def through_server(url: str, notes: list[tuple[str, str]], model_of, max_new_tokens: int) -> tuple[list, float]:
+def through_server(url: str, notes: list[tuple[str, str]], model_of, max_new_tokens: int, ignore_eos: bool) -> tuple[list, float]:
     """Every note sent at once, streamed; latency and first token timed per request from its sending."""
+
+    barrier = threading.Barrier(len(notes))
 
     def send(pair):
         expert, note = pair
+        barrier.wait()  # all at once, as concurrent clients would
         sent, first, extension, tokens = time.perf_counter(), None, {}, 0
-        body = {"model": model_of(expert), "prompt": note, "max_tokens": max_new_tokens, "stream": True}
+        body = {"model": model_of(expert), "prompt": note, "max_tokens": max_new_tokens, "stream": True, "ignore_eos": ignore_eos}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
             response.raise_for_status()
             for line in response.iter_lines():
@@ -145,6 +159,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=0, help="0: the experts' target budget")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--window-ms", type=float, help="default: serve.batch_window_ms in params.yaml")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each scenario; the median run is reported")
+    parser.add_argument("--natural-length", action="store_true",
+                        help="let each answer end where the model ends it (default: every request generates the whole "
+                             "budget, vLLM's ignore_eos, so that every system does the same work)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     root = args.root.resolve()
@@ -155,7 +174,7 @@ def main() -> None:
                "max_new_tokens": args.max_new_tokens or params.finetune.max_target_tokens,
                "max_new_tokens_limit": params.serve.max_new_tokens_limit}
     notes = bench_notes(root, args.requests, [e for e in experts if e in params.experts])
-    console = Console()
+    console = Console(width=220)
     console.print(f"{len(notes)} notes over {len({e for e, _ in notes})} experts; {instruction_set()}, "
                   f"{torch.get_num_threads()} threads, precision {params.finetune.precision}")
 
@@ -166,7 +185,8 @@ def main() -> None:
     holder = ModelHolder(ModelSource("bench"))
     holder.current = served
     metrics = ServeMetrics()
-    batcher = Batcher(lambda: holder.current, params.serve.batch_window_ms, max(params.serve.max_batch_size, len(notes)),
+    window = params.serve.batch_window_ms if args.window_ms is None else args.window_ms
+    batcher = Batcher(lambda: holder.current, window, max(params.serve.max_batch_size, len(notes)),
                       params.serve.max_queue, metrics)
     batcher.start()
     server = uvicorn.Server(uvicorn.Config(create_app(holder, batcher, metrics, params.serve.max_request_chars),
@@ -175,21 +195,31 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     while not server.started:
         time.sleep(0.1)
-    through_server(url, notes[:2], lambda e: "base", 4)  # warm-up
+    through_server(url, notes[:2], lambda e: "base", 4, False)  # warm-up
 
-    rows = []
-    for name, model_of in (("server: routed mix (auto)", lambda e: "auto"), ("server: named experts", lambda e: e),
-                           ("server: base model", lambda e: "base")):
-        results, wall = through_server(url, notes, model_of, budgets["max_new_tokens"])
-        latencies = [r[0] for r in results]
-        firsts = [r[1] for r in results if r[1] is not None]
-        router = [r[2].get("router_ms", 0) / 1000 for r in results] if "auto" in name else None
-        rows.append(summary(name, wall, latencies, firsts, sum(r[3] for r in results), router))
+    def batches() -> tuple[float, float]:
+        samples = {s.name: s.value for m in metrics.batch_size.collect() for s in m.samples}
+        return samples["medlora_batch_size_count"], samples["medlora_batch_size_sum"]
+
+    scenarios = (("server: routed mix (auto)", lambda e: "auto"), ("server: named experts", lambda e: e),
+                 ("server: base model", lambda e: "base"))
+    runs: dict[str, list[dict]] = {name: [] for name, _ in scenarios}
+    for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits every scenario
+        for name, model_of in scenarios:
+            count = batches()[0]
+            results, wall = through_server(url, notes, model_of, budgets["max_new_tokens"], not args.natural_length)
+            latencies = [r[0] for r in results]
+            firsts = [r[1] for r in results if r[1] is not None]
+            router = [r[2].get("router_ms", 0) / 1000 for r in results] if "auto" in name else None
+            runs[name].append(summary(name, wall, latencies, firsts, sum(r[3] for r in results), router)
+                              | {"batches": int(batches()[0] - count)})
     server.should_exit = True
     batcher.stop()
     holder.current = None  # frees the served model before the naive loop loads its own
     del system, served
-    table_rows = [*rows, naive_loop(params, root, notes, budgets, params.finetune.precision)]
+    runs["naive"] = [naive_loop(params, root, notes, budgets, params.finetune.precision, not args.natural_length)
+                     for _ in range(args.repeats)]
+    table_rows = [median_run(r) for r in runs.values()]
     naive = table_rows[-1]
     by_name = {r["system"]: r for r in table_rows}
     routed, named, base = (by_name["server: routed mix (auto)"], by_name["server: named experts"], by_name["server: base model"])
@@ -199,11 +229,11 @@ def main() -> None:
               "named experts vs base (tokens/s)": round(named["tokens_per_s"] / base["tokens_per_s"], 3),
               "router share of request latency": routed.get("router_share")}
     table = Table(title=f"serving {len(notes)} concurrent requests ({instruction_set()}, {torch.get_num_threads()} threads)")
-    for column in table_rows[0]:
+    columns = list(dict.fromkeys(key for row in table_rows for key in row))
+    for column in columns:
         table.add_column(column)
-    table.add_column("router_share")
     for row in table_rows:
-        table.add_row(*(str(row.get(c, "")) for c in [*table_rows[0], "router_share"]))
+        table.add_row(*(str(row.get(c, "")) for c in columns))
     console.print(table)
     for key, value in ratios.items():
         console.print(f"{key}: {value}")

@@ -66,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.params import load_params
         from tasks.serve.server import serve
 
-        serve(load_params(root), root, args.model, args.host, args.port)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            serve(load_params(root), root, args.model, args.host, args.port)
+        except MlflowException as error:
+            print(f"error: {error.message}\n(no champion yet? review and run `medlora promote`, or serve a version: "
+                  f"--model models:/<prefix>-bundle/N)", file=sys.stderr)
+            return 2
         return 0
     if args.command == "predict":
         return run_predict_command(args, root)

@@ -255,7 +255,7 @@ class ServeParams(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     model: str = ""                           # what `medlora serve` serves ("" : models:/<prefix>-bundle@champion)
-    batch_window_ms: float = Field(20, ge=0)  # a batch waits this long for more requests after its first arrives
+    batch_window_ms: float = Field(100, ge=0) # a batch waits this long for more requests after its first arrives
     max_batch_size: int = Field(16, ge=1)     # requests per generation pass
     max_queue: int = Field(64, ge=1)          # requests waiting beyond this get HTTP 429
     max_request_chars: int = Field(100_000, ge=1)  # longer prompts get HTTP 413 (notes are cut to the token budget anyway)

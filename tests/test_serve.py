@@ -228,6 +228,8 @@ def test_a_mixed_batch_answers_as_each_request_alone(finished_project):
     assert together[1].completion_tokens <= 3 and together[3].completion_tokens <= 5
     assert together[2].answer in ("yes", "no", "maybe")
     assert streamed and all(len(step) == len(asks) for step in streamed)
+    whole = served.answer([Ask(Request(text=NOTE), "base", max_new_tokens=7, ignore_eos=True)])[0]
+    assert (whole.completion_tokens, whole.finished) == (7, "length")  # vLLM's ignore_eos: the whole budget
 
 
 def test_promotion_during_a_stream_of_requests_switches_versions_without_a_failure(server):

@@ -276,6 +276,18 @@ class RowSampling(LogitsProcessor):
         return torch.where((temperatures == 0)[:, None], greedy, scaled)
 
 
+class RowEndSuppressed(LogitsProcessor):
+    """Rows marked `ignore` cannot end before their budget (vLLM's `ignore_eos`: benchmarks of equal work)."""
+
+    def __init__(self, ignore: Sequence[bool], eos_token_id: int):
+        self.ignore, self.eos_token_id = torch.tensor(ignore, dtype=torch.bool), eos_token_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        scores[self.ignore.to(scores.device), self.eos_token_id] = float("-inf")
+        return scores
+
+
 class RowBudgets(StoppingCriteria):
     """Row i stops after `limits[i]` new tokens, or as soon as `cancelled(i)` says so (a client gone)."""
 
@@ -308,13 +320,15 @@ class _StepStreamer(BaseStreamer):
 @dataclass
 class BatchOptions:
     """What a serving batch asks of a generation pass beyond greedy decoding to one budget: per row, a
-    token budget, a temperature and a top-p; a callback per step (streaming); a per-row cancellation."""
+    token budget, a temperature, a top-p and whether it may end early; a callback per step (streaming);
+    a per-row cancellation."""
 
     limits: Sequence[int] | None = None
     temperatures: Sequence[float] | None = None
     top_ps: Sequence[float] | None = None
     on_step: Callable[[list[int]], None] | None = None
     cancelled: Callable[[int], bool] | None = None
+    ignore_eos: Sequence[bool] | None = None
 
 
 def _generate_batch(engine: Engine, prompts: list[list[int]], max_new_tokens: int, context: AbstractContextManager | None,
@@ -324,10 +338,14 @@ def _generate_batch(engine: Engine, prompts: list[list[int]], max_new_tokens: in
     tokenizer, options = engine.tokenizer, options or BatchOptions()
     batch = padded(prompts, tokenizer.pad_token_id, next(engine.model.parameters()).device)
     width = batch["input_ids"].shape[1]
-    settings = {"do_sample": False}
+    settings, processors = {"do_sample": False}, LogitsProcessorList()
+    if options.ignore_eos is not None and any(options.ignore_eos):
+        processors.append(RowEndSuppressed(options.ignore_eos, tokenizer.eos_token_id))
     if options.temperatures is not None and any(t > 0 for t in options.temperatures):
-        settings = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-                    "logits_processor": LogitsProcessorList([RowSampling(options.temperatures, options.top_ps or [1.0] * len(prompts))])}
+        settings = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+        processors.append(RowSampling(options.temperatures, options.top_ps or [1.0] * len(prompts)))
+    if processors:
+        settings["logits_processor"] = processors
     if options.limits is not None or options.cancelled is not None:
         limits = options.limits if options.limits is not None else [max_new_tokens] * len(prompts)
         max_new_tokens = max(limits)

@@ -71,7 +71,11 @@ class _RowWeights:
 
 
 class MixedLoRALinear(nn.Module):
-    """A frozen linear layer plus the stacked LoRA factors of every expert, weighted per batch row."""
+    """A frozen linear layer plus the stacked LoRA factors of every expert, weighted per batch row.
+
+    Weights that need no gradient (inference) are prepared once per batch, not at every generation step:
+    the columns of experts no row uses are dropped (exact: they are multiplied by 0), and the factors are
+    cast once to the dtype autocast would cast them to at every call."""
 
     def __init__(self, base: nn.Linear, lora_a: torch.Tensor, lora_b: torch.Tensor,
                  column_expert: torch.Tensor, column_scaling: torch.Tensor, weights: _RowWeights):
@@ -82,16 +86,31 @@ class MixedLoRALinear(nn.Module):
         self.register_buffer("column_expert", column_expert)
         self.register_buffer("column_scaling", column_scaling)
         self.weights = weights
+        self._prepared: tuple | None = None  # (weights it was prepared for, dtype, column weights, A, B)
+
+    def _factors(self, weights: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        column_weights = weights[:, self.column_expert] * self.column_scaling  # (batch, total rank)
+        if weights.requires_grad:
+            return column_weights, self.lora_a, self.lora_b
+        cached = self._prepared
+        if cached is not None and cached[0] is weights and cached[1] == dtype:
+            return cached[2:]
+        used = column_weights.abs().sum(0) > 0
+        prepared = (column_weights[:, used].to(dtype), self.lora_a[used].to(dtype), self.lora_b[:, used].to(dtype))
+        self._prepared = (weights, dtype, *prepared)
+        return prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         weights = self.weights.value
         if weights is None:
+            self._prepared = None
             return out
-        column_weights = weights[:, self.column_expert] * self.column_scaling  # (batch, total rank)
-        hidden = F.linear(x, self.lora_a)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        column_weights, lora_a, lora_b = self._factors(weights, dtype)
+        hidden = F.linear(x, lora_a)
         hidden = hidden * column_weights.unsqueeze(1).to(hidden.dtype)  # x: (batch, tokens, features)
-        return out + F.linear(hidden, self.lora_b).to(out.dtype)
+        return out + F.linear(hidden, lora_b).to(out.dtype)
 
 
 class ExpertMixture:

@@ -33,6 +33,7 @@ from tasks.serve.engine import AUTO, Answer, Ask
 from tasks.serve.reload import ModelHolder
 
 log = logging.getLogger("medlora.serve")
+ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics")
 
 
 class ApiError(Exception):
@@ -59,6 +60,7 @@ class GenerationFields(BaseModel):
     stop: str | list[str] | None = None
     logprobs: bool | int | None = None
     context: str | None = None  # medlora: the prompt becomes a question about this context
+    ignore_eos: bool = False    # as vLLM: generate the whole budget (benchmarks)
 
     @field_validator("n")
     @classmethod
@@ -121,7 +123,8 @@ def create_app(holder: ModelHolder, batcher: Batcher, metrics: ServeMetrics, max
     @app.middleware("http")
     async def _count(request: HttpRequest, call_next):
         response = await call_next(request)
-        metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+        path = request.url.path if request.url.path in ENDPOINTS else "other"  # bounded label values
+        metrics.requests.labels(path, str(response.status_code)).inc()
         return response
 
     def served():
@@ -154,7 +157,7 @@ def create_app(holder: ModelHolder, batcher: Batcher, metrics: ServeMetrics, max
         model = AUTO if body.model == system.name else body.model
         if model not in system.models:
             raise ApiError(404, f"model {body.model!r} is not served; GET /v1/models lists what is", param="model")
-        ask = Ask(request, model, body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p)
+        ask = Ask(request, model, body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.ignore_eos)
         try:
             system.check(ask)
         except ValueError as error:

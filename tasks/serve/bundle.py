@@ -110,10 +110,11 @@ class MedloraBundle(mlflow.pyfunc.PythonModel):
         return answers
 
     def respond(self, requests, progress: bool = False) -> list[dict]:
-        """What `medlora predict` adds to each record."""
+        """What `medlora predict` adds to each record (`prediction`, as an expert's has, for the text)."""
         from tasks.serve.engine import Ask
 
-        return [answer_record(a) for a in self.answer([Ask(r) for r in requests], progress)]
+        records = [answer_record(a) for a in self.answer([Ask(r) for r in requests], progress)]
+        return [{"prediction": record.pop("text"), **record} for record in records]
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         records = model_input.to_dict(orient="records")

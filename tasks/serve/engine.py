@@ -29,6 +29,7 @@ class Ask:
     max_new_tokens: int | None = None   # None: the bundle's budget
     temperature: float = 0.0            # 0: greedy
     top_p: float = 1.0
+    ignore_eos: bool = False            # generate the whole budget (benchmarks of equal work, as vLLM's)
 
 
 @dataclass
@@ -113,7 +114,8 @@ class ServedSystem:
         weights = self._weights(asks, routes)
         prompts = [self.prompt(ask.request) for ask in asks]
         limits = [ask.max_new_tokens or self.budgets["max_new_tokens"] for ask in asks]
-        options = BatchOptions(limits, [a.temperature for a in asks], [a.top_p for a in asks], on_step, cancelled)
+        options = BatchOptions(limits, [a.temperature for a in asks], [a.top_p for a in asks], on_step, cancelled,
+                               [a.ignore_eos for a in asks])
         started = time.perf_counter()
         mixed = self.system.mixture.mixed(weights, len(asks)) if weights.any() else None  # base alone: no adapter work
         rows = generate_batch(self.engine, prompts, max(limits), mixed, options)

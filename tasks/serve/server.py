@@ -63,6 +63,7 @@ def serve(params: Params, root: Path, model_uri: str | None = None, host: str | 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_tracking(params, root)
     uri = model_uri or default_model_uri(params)
+    ModelHolder(ModelSource.parse(uri)).resolve_version()  # fails here, with the registry's reason, before serving
     app = build_server(params, uri)
     log.info("serving %s on http://%s:%s", uri, host or params.serve.host, port or params.serve.port)
     uvicorn.run(app, host=host or params.serve.host, port=port or params.serve.port, log_level="info")
