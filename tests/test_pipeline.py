@@ -8,6 +8,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from flows.pipeline import pipeline_flow
 from tasks.corpus.generate import read_gold_spans
 from tasks.params import load_params
 
@@ -63,8 +64,10 @@ def test_no_gold_phi_reaches_deidentified_data_or_registered_artifacts(finished_
     leaked = [(i.id, value) for i in items for value in gold_by_row[row_of[i.request_id]]
               if _mentions(value, f"{i.input_text}\n{i.output_text}\n{i.reference}".lower())]
     assert leaked == []
+    # Left out: the base model's tokenizer vocabulary (in models/base and in the bundle's copy), which has names.
     outside_phi_zone = [p for p in project.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".yml", ".txt", ".MLmodel", ".db")
-                        and p.name != "reviews.db" and not {"raw", "base", ".dvc", ".git"} & set(p.parts)]  # base: the tokenizer's vocabulary
+                        and p.name not in ("reviews.db", "tokenizer.json", "vocab.json", "merges.txt")
+                        and not {"raw", "base", ".dvc", ".git"} & set(p.parts)]
     blob = " ".join(p.read_text(errors="ignore").lower() for p in outside_phi_zone)
     every_value = {v for values in gold_by_row.values() for v in values if len(v) > 3}
     assert sorted(v for v in every_value if _mentions(v, blob)) == []
@@ -214,6 +217,7 @@ def test_registered_bundle_answers_with_its_mixture_and_flags_bad_rows(finished_
 
     project, _, _ = finished_project
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/medlora-bundle/1")
     answers = model.predict(pd.DataFrame([{"text": "Chest pain and dyspnea on exertion, echo ordered."},
                                           {"question": "Does heparin reduce stroke?", "context": "Heparin reduced stroke in 300 adults."},
@@ -288,6 +292,7 @@ def test_after_review_through_the_cli_the_gate_promotes_and_the_champion_alias_r
     assert router["metrics"]["perplexity"] < router["base_metrics"]["perplexity"]
     assert str(client.get_model_version_by_alias("medlora-bundle", "champion").version) == router["version"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")
     assert mlflow.pyfunc.load_model("models:/medlora-bundle@champion").metadata.run_id == \
         client.get_model_version("medlora-bundle", router["version"]).run_id
     promotion = mlflow.search_runs(filter_string="tags.`medlora.stage` = 'promote'", order_by=["start_time DESC"])

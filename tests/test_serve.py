@@ -52,6 +52,14 @@ def _client(project: Path) -> MlflowClient:
     return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
 
 
+def _use_registry(project: Path) -> None:
+    """Tracking and registry both (a registry URI set by an earlier test's project would stay otherwise)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="module")
 def server(finished_project, tmp_path_factory):
     """`medlora serve` on the champion bundle, reloading every second; its log is kept for the PHI check."""
@@ -79,7 +87,7 @@ def test_the_bundle_carries_its_code_base_model_and_safety_thresholds(finished_p
     import mlflow
 
     project, _, _ = finished_project
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    _use_registry(project)
     bundle = Path(mlflow.artifacts.download_artifacts(f"models:/{BUNDLE}/1", dst_path=str(tmp_path)))
     assert (bundle / "code" / "tasks" / "serve" / "bundle.py").exists() and (bundle / "requirements.txt").exists()
     assert "peft==" in (bundle / "requirements.txt").read_text()
@@ -155,6 +163,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "auto"}, 400),                                           # no prompt
     ("/v1/chat/completions", {"model": "auto", "messages": [{"role": "user"}]}, 400),      # wrong schema
     ("/v1/chat/completions", {"model": "auto", "messages": [{"role": "doctor", "content": PLANTED}]}, 400),
+    ("/v1/chat/completions", {"model": "auto", "messages": [{"role": "system", "content": PLANTED}, {"role": "user", "content": " "}]}, 400),
     ("/v1/completions", {"model": "auto", "prompt": PLANTED, "temperature": 7}, 400),
     ("/v1/completions", {"model": "auto", "prompt": PLANTED, "max_tokens": 100000}, 400),
     ("/v1/completions", {"model": "auto", "prompt": PLANTED, "max_tokens": 0}, 400),
@@ -186,7 +195,6 @@ def test_malformed_json_is_a_400_and_request_text_never_reaches_the_log(server):
 
 
 def test_a_full_queue_is_refused_with_429(finished_project):
-    import mlflow
     from fastapi.testclient import TestClient
 
     from tasks.serve.api import create_app
@@ -195,7 +203,7 @@ def test_a_full_queue_is_refused_with_429(finished_project):
     from tasks.serve.reload import ModelHolder, ModelSource, load_served
 
     project, _, _ = finished_project
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    _use_registry(project)
     holder = ModelHolder(ModelSource.parse(f"models:/{BUNDLE}/1"))
     holder.current = load_served(f"models:/{BUNDLE}/1", BUNDLE, "1")
     metrics = ServeMetrics()
@@ -214,7 +222,7 @@ def test_a_mixed_batch_answers_as_each_request_alone(finished_project):
     from tasks.serve.engine import Ask
 
     project, _, _ = finished_project
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    _use_registry(project)
     served = mlflow.pyfunc.load_model(f"models:/{BUNDLE}/1").unwrap_python_model().served
     asks = [Ask(Request(text=NOTE)), Ask(Request(text="Knee pain after a fall."), "orthopedic", max_new_tokens=3),
             Ask(Request(question="Does aspirin help?", context="Aspirin lowered mortality in 400 adults."), "pubmedqa"),
@@ -268,7 +276,7 @@ def test_the_bundle_serves_from_a_copy_outside_the_project(finished_project, tmp
     import mlflow
 
     project, _, _ = finished_project
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    _use_registry(project)
     copy = Path(mlflow.artifacts.download_artifacts(f"models:/{BUNDLE}/1", dst_path=str(tmp_path / "bundle")))
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()

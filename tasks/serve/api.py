@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.finetune.examples import Request
+from tasks.finetune.examples import Request, chat_messages
 from tasks.serve.batching import Batcher, Job, QueueFull, ServeMetrics
 from tasks.serve.engine import AUTO, Answer, Ask
 from tasks.serve.reload import ModelHolder
@@ -171,15 +171,16 @@ def create_app(holder: ModelHolder, batcher: Batcher, metrics: ServeMetrics, max
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, http: HttpRequest):
-        messages = [(m.role, m.content) for m in body.messages]
-        checked_length(*(c for _, c in messages), body.context or "")
-        if not any(role == "user" and content.strip() for role, content in messages):
-            raise ApiError(400, "messages hold no non-empty user message", param="messages")
+        checked_length(*(m.content for m in body.messages), body.context or "")
+        try:
+            messages = chat_messages([m.model_dump() for m in body.messages], "request")
+        except ValueError as error:
+            raise ApiError(400, str(error), param="messages") from None
         if body.context is not None:
             question = next(c for r, c in reversed(messages) if r == "user" and c.strip())
             request = _question(question, body.context)
         else:
-            request = Request(messages=tuple(messages))
+            request = Request(messages=messages)
         return await answer(body, ask_for(body, request), http, chat=True)
 
     @app.post("/v1/completions")
