@@ -98,8 +98,10 @@ def items_and_scores():
                          "no. It did not.")]
     scored = [ScoredItem("unstable angina treated with heparin", 1.0, -5.0, 0.01, 2.0, 4, []),
               ScoredItem("knee sprain started on warfarin", 3.0, -1.0, 0.03, 4.0, 4, ["unsupported drug: warfarin"]),
-              ScoredItem("yes", 0.2, -9.0, 0.02, 1.0, 2, [], answer="yes", confidence=0.9, answer_entropy=0.3),
-              ScoredItem("yes", 2.0, -2.0, 0.02, 3.0, 2, [], answer="yes", confidence=0.6, answer_entropy=1.0)]
+              ScoredItem("yes", 0.2, -9.0, 0.02, 1.0, 2, [], answer="yes", confidence=0.9, answer_entropy=0.3,
+                         answer_margin=0.85),
+              ScoredItem("yes", 2.0, -2.0, 0.02, 3.0, 2, [], answer="yes", confidence=0.6, answer_entropy=1.0,
+                         answer_margin=0.25)]
     return items, scored
 
 
@@ -126,6 +128,7 @@ def test_flags_and_the_review_sample_put_critical_errors_and_unsure_outputs_firs
     assert len(sample) == 3 and len({k for k, _ in sample}) == 3
     safety = safety_separation(items, scored)
     assert safety["wrong"] == 1 and safety["auroc_token_entropy"] == 1.0 and safety["auroc_answer_entropy"] == 1.0
+    assert safety["auroc_negative_answer_margin"] == 1.0  # the wrong answer had the narrower margin
 
 
 def test_perturbations_keep_the_item_and_skip_negation_flips_of_questions():

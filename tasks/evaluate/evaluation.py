@@ -53,6 +53,7 @@ class ScoredItem:
     answer: str | None = None
     confidence: float | None = None
     answer_entropy: float | None = None
+    answer_margin: float | None = None
     flags: list[str] = field(default_factory=list)
 
 
@@ -116,6 +117,7 @@ def score_items(engine: Engine, items: list[HeldOutItem], params: Params, with_l
                 answer = answers[k]
                 record.answer, record.confidence = answer.answer, max(answer.probabilities.values())
                 record.entropy, record.energy, record.answer_entropy = answer.entropy, answer.energy, answer.answer_entropy
+                record.answer_margin = answer.margin
             scored[index] = record
     return scored
 
@@ -174,6 +176,7 @@ def safety_separation(items: list[HeldOutItem], scored: list[ScoredItem]) -> dic
     wrong = [scored[k].answer != answer_of(items[k].target) for k in rows]
     signals = {"token_entropy": [scored[k].entropy for k in rows], "energy": [scored[k].energy for k in rows],
                "answer_entropy": [scored[k].answer_entropy for k in rows],
+               "negative_answer_margin": [-scored[k].answer_margin for k in rows],  # a narrow margin: likely wrong
                "unsupported_entities": [sum(e.startswith("unsupported") for e in scored[k].critical_errors) for k in rows]}
     result = {"questions": len(rows), "wrong": sum(wrong)}
     for name, values in signals.items():

@@ -218,6 +218,12 @@ class AnswerScore:
         return max(self.probabilities, key=self.probabilities.get)
 
     @property
+    def margin(self) -> float:
+        """The top answer's probability minus the runner-up's: small when the model hesitates between two."""
+        top, second = sorted(self.probabilities.values(), reverse=True)[:2]
+        return top - second
+
+    @property
     def answer_entropy(self) -> float:
         return -sum(p * math.log(p) for p in self.probabilities.values() if p > 0)
 
