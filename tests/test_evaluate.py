@@ -147,3 +147,22 @@ def test_score_items_scores_notes_and_questions_with_their_own_budgets(engine, t
     assert all(s.tokens > 0 and s.loss > 0 for s in scored)
     assert scored[0].answer is None and scored[2].answer in {"yes", "no", "maybe"}
     assert len(engine.tokenizer(scored[2].text)["input_ids"]) <= 4
+
+
+def test_a_candidate_that_cannot_be_loaded_is_kept_out_with_the_reason(tmp_path):
+    """A registered version whose model is gone (or was logged by code that no longer exists) does not stop the
+    evaluation of the others: it is listed as skipped, with why, and the gate keeps it out."""
+    from tasks.evaluate.stage import CandidateRef, base_engine_factory, evaluate_candidates, load_registered_engine
+    from tasks.promote.gate import decide
+
+    params = load_params(PROJECT)
+    params.base_model = "tiny-random"
+    prepare_base_model("tiny-random", tmp_path)
+    items = [HeldOutItem("n-1", "cardiopulmonary", Request(text="Chest pain on exertion."), "Angina.")]
+    gone = tmp_path / "model-that-is-gone"
+    evaluation, results = evaluate_candidates(params, items, [CandidateRef("medlora-router", "1", "all")],
+                                              base_engine_factory(params, tmp_path), champions={},
+                                              load_engine=lambda uri: load_registered_engine(str(gone)), progress=False)
+    (candidate,) = evaluation["candidates"]
+    assert candidate["skipped"].startswith(f"{gone} could not be loaded") and not results
+    assert not decide(candidate, None, params.promote, None).promote

@@ -53,11 +53,18 @@ def candidate_refs(client: MlflowClient, prefix: str) -> list[CandidateRef]:
     return refs
 
 
+class CandidateLoadError(RuntimeError):
+    """A registered version that cannot be loaded (deleted artifacts, or code it was logged with that is gone)."""
+
+
 def load_registered_engine(uri: str) -> Engine:
     """Any registered pyfunc model of ours that offers `evaluation_engine()` (experts, the bundle, ...)."""
     import mlflow
 
-    return mlflow.pyfunc.load_model(uri).unwrap_python_model().evaluation_engine()
+    try:
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model().evaluation_engine()
+    except Exception as error:  # noqa: BLE001 - whatever the cause, this candidate cannot be evaluated
+        raise CandidateLoadError(f"{uri} could not be loaded ({type(error).__name__}: {error})") from error
 
 
 @dataclass
@@ -98,7 +105,11 @@ def evaluate_candidates(params: Params, items: list[HeldOutItem], refs: list[Can
             evaluation["candidates"].append({**asdict(ref), "key": ref.key, "skipped": f"no held-out requests for scope {ref.scope!r}"})
             continue
         scoped = [items[k] for k in rows]
-        result, robust = _score(lambda: load_engine(ref.uri), scoped, params, progress, ref.key, adversarial=True, cache=cache)
+        try:
+            result, robust = _score(lambda: load_engine(ref.uri), scoped, params, progress, ref.key, adversarial=True, cache=cache)
+        except CandidateLoadError as error:  # e.g. a model registered by an older medlora: kept out, with the reason
+            evaluation["candidates"].append({**asdict(ref), "key": ref.key, "skipped": str(error)})
+            continue
         flag_outputs(scoped, result.scored, params.evaluate.flag_share)
         results[ref.key] = result
         champion = None
