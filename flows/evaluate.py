@@ -22,7 +22,9 @@ from tasks.evaluate.evaluation import held_out_items
 from tasks.finetune.inference import InferenceCache
 from tasks.evaluate.stage import (EVALUATION_DIR, EVALUATION_FILE, base_engine_factory, candidate_refs,
                                   evaluate_candidates, queue_items)
+from tasks.params import MULTITASK_EXPERT
 from tasks.promote.gate import CHAMPION, alias_version
+from tasks.register.registry import registered_name
 from tasks.review.project import open_store
 from tasks.tracking import configure_tracking
 
@@ -49,11 +51,13 @@ def candidate_rows(evaluation: dict) -> list[dict]:
     for candidate in evaluation["candidates"]:
         metrics, base = candidate.get("metrics", {}), candidate.get("base_metrics", {})
         champion = (candidate.get("champion") or {}).get("metrics", {})
+        multitask = candidate.get("multitask_metrics", {})
         row = {"candidate": candidate["key"], "scope": candidate["scope"], "flagged": candidate.get("flagged", 0)}
         for metric in ("perplexity", "rouge_l", "accuracy", "macro_f1", "ece", "critical_error_rate", "latency_ms"):
             if metric in metrics:
                 row[metric] = metrics[metric]
                 row[f"{metric} (base)"] = base.get(metric)
+                row[f"{metric} (multi-task)"] = multitask.get(metric)
                 row[f"{metric} (champion)"] = champion.get(metric)
         rows.append(row)
     return rows
@@ -65,7 +69,9 @@ def evaluate(root, params) -> tuple[dict, list]:
     configure_tracking(params, root)
     client = MlflowClient()
     refs = candidate_refs(client, params.tracking.model_prefix)
-    champions = {r.model: v for r in refs if (v := alias_version(client, r.model, CHAMPION))}
+    # the candidates' champions, and the multi-task adapter's (specialty experts are compared with it)
+    models = {r.model for r in refs} | {registered_name(params, MULTITASK_EXPERT)}
+    champions = {name: v for name in sorted(models) if (v := alias_version(client, name, CHAMPION))}
     items = held_out_items(params, root, pd.read_parquet(root / VALIDATED_DIR / "test.parquet"))
     logger.info("%s candidates on %s held-out requests: %s", len(refs), len(items), ", ".join(r.key for r in refs))
     cache = InferenceCache.for_project(root)

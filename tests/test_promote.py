@@ -116,3 +116,14 @@ def test_promotion_moves_champion_and_keeps_the_old_one_as_previous_and_rollback
 def test_rollback_without_a_previous_version_says_so(registry):
     with pytest.raises(ValueError, match="no version aliased 'previous'"):
         rollback(registry, "medlora-router")
+
+
+def test_a_specialty_expert_that_does_not_beat_the_multitask_adapter_on_its_group_is_not_promoted():
+    specialty = candidate() | {"scope": "cardiopulmonary", "multitask": "medlora-expert-multitask/1",
+                               "multitask_metrics": {"perplexity": 18.0, "rouge_l": 0.35}}
+    decision = decide(specialty, review(), SETTINGS, current_champion=None)
+    assert not decision.promote
+    assert set(failed(decision)) == {"perplexity vs multi-task adapter"}
+    assert "20 vs 18 (lower is better)" in failed(decision)["perplexity vs multi-task adapter"]
+    better = specialty | {"multitask_metrics": {"perplexity": 25.0, "rouge_l": 0.35}}
+    assert decide(better, review(), SETTINGS, current_champion=None).promote

@@ -16,8 +16,9 @@ from mlflow import MlflowClient
 from tasks.evaluate.evaluation import (ALL_REQUESTS, HeldOutItem, ScoredItem, flag_outputs, in_scope, review_sample,
                                        robustness, safety_separation, score_items, summarise)
 from tasks.finetune.inference import AdapterEngine, Engine, InferenceCache, mixture_identity, weights_fingerprint
-from tasks.params import Params
+from tasks.params import MULTITASK_EXPERT, Params
 from tasks.promote.gate import CHAMPION, alias_version
+from tasks.register.registry import registered_name
 # Registered candidates are pyfunc models of these classes: loading one runs this code, so evaluation depends on it.
 from tasks.register import expert_model  # noqa: F401
 from tasks.serve import bundle  # noqa: F401
@@ -122,7 +123,35 @@ def evaluate_candidates(params: Params, items: list[HeldOutItem], refs: list[Can
             "base_metrics": summarise(scoped, [base.scored[k] for k in rows], bins), "champion": champion,
             "safety": safety_separation(scoped, result.scored), "robustness": robust,
             "flagged": sum(bool(s.flags) for s in result.scored)})
+    _compare_with_multitask(evaluation, results, refs, items, params, champions, load_engine, progress, cache)
     return evaluation, results
+
+
+def _compare_with_multitask(evaluation: dict, results: dict[str, SystemResult], refs: list[CandidateRef],
+                            items: list[HeldOutItem], params: Params, champions: dict[str, str],
+                            load_engine: Callable[[str], Engine], progress: bool, cache: InferenceCache | None) -> None:
+    """A specialty expert earns its place only by beating the multi-task adapter on its own group too: each
+    specialty candidate gets `multitask_metrics`, the multi-task adapter's on the same requests (the candidate
+    evaluated here, else the champion), which the promotion gate checks like the base model's."""
+    specialty = [c for c in evaluation["candidates"] if c["scope"] in params.experts and "skipped" not in c]
+    multitask = next((ref for ref in refs if ref.scope == MULTITASK_EXPERT and ref.key in results), None)
+    if not specialty:
+        return
+    if multitask is not None:
+        source, scored_by_id = multitask.key, dict(zip((i.id for i in results[multitask.key].items), results[multitask.key].scored))
+    else:
+        name = registered_name(params, MULTITASK_EXPERT)
+        if name not in champions:  # no multi-task adapter, evaluated or promoted: nothing to compare with
+            return
+        notes = [item for item in items if in_scope(item, MULTITASK_EXPERT)]
+        held, _ = _score(lambda: load_engine(f"models:/{name}/{champions[name]}"), notes, params, progress,
+                         f"{name} champion", cache=cache)
+        source, scored_by_id = f"{name}/{champions[name]}", dict(zip((i.id for i in notes), held.scored))
+    for candidate in specialty:
+        scoped = [item for item in items if in_scope(item, candidate["scope"])]
+        candidate["multitask"] = source
+        candidate["multitask_metrics"] = summarise(scoped, [scored_by_id[item.id] for item in scoped],
+                                                   params.evaluate.calibration_bins)
 
 
 def base_engine_factory(params: Params, root: Path) -> Callable[[], Engine]:

@@ -4,6 +4,8 @@ way, so the numbers evaluated are the numbers served."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -23,3 +25,28 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 
 def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextmanager
+def frozen_weights_cast(model: torch.nn.Module, precision: str):
+    """Under bf16 autocast every matmul casts its fp32 weight to bf16 on every call. For as long as training
+    lasts the frozen Linear weights are cast once instead: the same rounding autocast applies, so the same
+    numbers, without the copies (about 13% of a LoRA training step of SmolLM2 on 2 cores; in generation,
+    where the tied LM head is cast anyway, it measured no gain). Trainable weights, LoRA factors (mixed per request elsewhere) and a weight
+    shared with the input embeddings (which must keep the residual stream fp32) are left as they are."""
+    if precision != "bf16":
+        yield
+        return
+    embedding = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+    originals = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if (isinstance(module, torch.nn.Linear) and "lora_" not in name and weight is not embedding
+                and not weight.requires_grad and weight.dtype == torch.float32):
+            originals.append((weight, weight.data))
+            weight.data = weight.data.to(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for weight, data in originals:
+            weight.data = data

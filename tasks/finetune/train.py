@@ -32,7 +32,7 @@ from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tasks.finetune.examples import IGNORE_INDEX, Request, TokenizedExample, tokenize_example
-from tasks.finetune.precision import autocast, resolve_precision
+from tasks.finetune.precision import autocast, frozen_weights_cast, resolve_precision
 from tasks.params import FinetuneParams
 
 TRAINING_REPORT = "training.json"
@@ -289,48 +289,49 @@ def train_expert_adapter(
     seconds_before = report.seconds
     started = time.perf_counter()
     bar = tqdm(total=params.max_steps, initial=state.step, desc=f"training {expert}", unit="step", disable=not progress)
-    while state.step < params.max_steps and not report.stopped_early:
-        micro_batches = []
-        for _ in range(params.gradient_accumulation):
-            if state.batch_in_epoch == len(batches):
-                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                batches = epoch_batches(train_examples, params.batch_size, seed, state.epoch)
-            micro_batches.append(batches[state.batch_in_epoch])
-            state.batch_in_epoch += 1
-        # Every target token of the optimizer step weighs the same, however the micro-batches split them.
-        step_weight = sum(e.loss_weight for batch in micro_batches for e in batch)
-        step_loss = 0.0
-        for batch in micro_batches:
-            with autocast(device, precision):
-                loss = summed_target_loss(model, collate(batch, pad_id, device)) / step_weight
-            loss.backward()
-            step_loss += loss.item()
-            report.tokens += sum(len(e.input_ids) for e in batch)
-            report.supervised_tokens += sum(e.supervised_tokens for e in batch)
-        torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"expert {expert!r}: training loss is {step_loss} at step {state.step + 1}; lower finetune.learning_rate")
-        state.step += 1
-        report.loss_per_step.append(round(step_loss, 5))
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+    with frozen_weights_cast(model, precision):
+        while state.step < params.max_steps and not report.stopped_early:
+            micro_batches = []
+            for _ in range(params.gradient_accumulation):
+                if state.batch_in_epoch == len(batches):
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    batches = epoch_batches(train_examples, params.batch_size, seed, state.epoch)
+                micro_batches.append(batches[state.batch_in_epoch])
+                state.batch_in_epoch += 1
+            # Every target token of the optimizer step weighs the same, however the micro-batches split them.
+            step_weight = sum(e.loss_weight for batch in micro_batches for e in batch)
+            step_loss = 0.0
+            for batch in micro_batches:
+                with autocast(device, precision):
+                    loss = summed_target_loss(model, collate(batch, pad_id, device)) / step_weight
+                loss.backward()
+                step_loss += loss.item()
+                report.tokens += sum(len(e.input_ids) for e in batch)
+                report.supervised_tokens += sum(e.supervised_tokens for e in batch)
+            torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"expert {expert!r}: training loss is {step_loss} at step {state.step + 1}; lower finetune.learning_rate")
+            state.step += 1
+            report.loss_per_step.append(round(step_loss, 5))
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
 
-        if evaluating and (state.step % params.eval_every == 0 or state.step == params.max_steps):
-            val_loss = evaluate_loss(model, val_examples, params.batch_size, pad_id, device, precision)
-            report.val_loss_per_eval.append((state.step, round(val_loss, 5)))
-            if val_loss < state.best_val_loss - params.early_stopping_min_delta:
-                state.best_val_loss, state.evals_without_improvement = val_loss, 0
-                state.best_adapter = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
-            else:
-                state.evals_without_improvement += 1
-                report.stopped_early = 0 < params.early_stopping_patience <= state.evals_without_improvement
-        report.steps = state.step
-        report.seconds = round(seconds_before + time.perf_counter() - started, 2)
-        if checkpoint and (state.step % params.checkpoint_every == 0 and state.step < params.max_steps):
-            save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, state, report)
+            if evaluating and (state.step % params.eval_every == 0 or state.step == params.max_steps):
+                val_loss = evaluate_loss(model, val_examples, params.batch_size, pad_id, device, precision)
+                report.val_loss_per_eval.append((state.step, round(val_loss, 5)))
+                if val_loss < state.best_val_loss - params.early_stopping_min_delta:
+                    state.best_val_loss, state.evals_without_improvement = val_loss, 0
+                    state.best_adapter = {k: v.detach().clone().cpu() for k, v in get_peft_model_state_dict(model).items()}
+                else:
+                    state.evals_without_improvement += 1
+                    report.stopped_early = 0 < params.early_stopping_patience <= state.evals_without_improvement
+            report.steps = state.step
+            report.seconds = round(seconds_before + time.perf_counter() - started, 2)
+            if checkpoint and (state.step % params.checkpoint_every == 0 and state.step < params.max_steps):
+                save_checkpoint(checkpoint, fingerprint, model, optimizer, scheduler, state, report)
     bar.close()
 
     if state.best_adapter is not None:

@@ -86,6 +86,8 @@ def decide(candidate: dict, review: dict | None, settings: PromoteParams, curren
     checks += metric_checks(metrics, candidate["base_metrics"], "base model", settings.metrics)
     if not any(c.name.endswith("vs base model") for c in checks):
         checks.append(Check("metrics", False, "none of the configured gate metrics was measured for this candidate"))
+    if "multitask_metrics" in candidate:  # a specialty expert must also beat the multi-task adapter on its group
+        checks += metric_checks(metrics, candidate["multitask_metrics"], "multi-task adapter", settings.metrics)
     evaluated_champion = (candidate.get("champion") or {}).get("version")
     if current_champion is None:
         checks.append(Check("vs champion", True, "no current champion"))
