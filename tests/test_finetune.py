@@ -15,6 +15,7 @@ import torch
 
 from tasks.base_model import load_base, prepare_base_model
 from tasks.finetune.examples import IGNORE_INDEX, Request, answer_token_ids, tokenize_example
+from tasks.finetune.precision import frozen_weights_cast
 from tasks.finetune.pubmedqa import read_pubmedqa, split_pubmedqa
 from tasks.finetune.train import (
     CHECKPOINT_FILE,
@@ -67,6 +68,25 @@ def test_loss_is_on_target_tokens_only_and_matches_the_full_lm_head(tiny_root):
     ours = summed_target_loss(model, batch) / sum(e.supervised_tokens for e in examples)
     full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     assert ours.item() == pytest.approx(full.item(), rel=1e-5)
+
+
+def test_frozen_weights_cast_once_give_autocasts_numbers_and_are_restored(tiny_root):
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    model = add_lora(base, tiny_settings())
+    batch = collate([tokenize_example(tokenizer, r, t, 64, 12) for r, t in synthetic_pairs(4)], tokenizer.pad_token_id,
+                    torch.device("cpu"))
+    weights = {name: p for name, p in model.named_parameters()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_loss = summed_target_loss(model, batch)
+        with frozen_weights_cast(model, "bf16"):
+            frozen = {n for n, p in model.named_parameters() if p.dtype == torch.bfloat16}
+            cast_loss = summed_target_loss(model, batch)
+    assert torch.equal(autocast_loss, cast_loss)
+    assert frozen and all("lora_" not in n and not weights[n].requires_grad for n in frozen)
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # tied to the LM head: kept as is
+    assert all(p.dtype == torch.float32 and p is weights[n] for n, p in model.named_parameters())
+    with frozen_weights_cast(model, "fp32"):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_a_question_weighs_its_answer_token_as_configured(tiny_root):
