@@ -134,19 +134,19 @@ def _compare_with_multitask(evaluation: dict, results: dict[str, SystemResult], 
     specialty candidate gets `multitask_metrics`, the multi-task adapter's on the same requests (the candidate
     evaluated here, else the champion), which the promotion gate checks like the base model's."""
     specialty = [c for c in evaluation["candidates"] if c["scope"] in params.experts and "skipped" not in c]
-    multitask = next((ref for ref in refs if ref.scope == MULTITASK_EXPERT and ref.key in results), None)
     if not specialty:
         return
+    multitask = next((ref for ref in refs if ref.scope == MULTITASK_EXPERT and ref.key in results), None)
     if multitask is not None:
-        source, scored_by_id = multitask.key, dict(zip((i.id for i in results[multitask.key].items), results[multitask.key].scored))
+        source, held = multitask.key, results[multitask.key]
     else:
         name = registered_name(params, MULTITASK_EXPERT)
         if name not in champions:  # no multi-task adapter, evaluated or promoted: nothing to compare with
             return
         notes = [item for item in items if in_scope(item, MULTITASK_EXPERT)]
-        held, _ = _score(lambda: load_engine(f"models:/{name}/{champions[name]}"), notes, params, progress,
-                         f"{name} champion", cache=cache)
-        source, scored_by_id = f"{name}/{champions[name]}", dict(zip((i.id for i in notes), held.scored))
+        source = f"{name}/{champions[name]}"
+        held, _ = _score(lambda: load_engine(f"models:/{source}"), notes, params, progress, f"{name} champion", cache=cache)
+    scored_by_id = {item.id: scored for item, scored in zip(held.items, held.scored)}
     for candidate in specialty:
         scoped = [item for item in items if in_scope(item, candidate["scope"])]
         candidate["multitask"] = source
