@@ -104,9 +104,26 @@ def run_pipeline_command(args, root: Path) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from tasks.params import apply_overrides, load_params
+    from tasks.params import load_params
+    from tasks.run_lock import ProjectBusy, project_lock
 
     console = Console(stderr=True, soft_wrap=True)
+    if args.dry_run:  # changes nothing: no need to wait for a run in progress
+        return _run_pipeline_locked(args, root, console)
+    try:
+        with project_lock(root, load_params(root).pipeline.lock_timeout_s,
+                          on_wait=lambda message: console.print(escape(message))):
+            return _run_pipeline_locked(args, root, console)
+    except ProjectBusy as error:
+        console.print("[red]error:[/red]", escape(str(error)))
+        return 2
+
+
+def _run_pipeline_locked(args, root: Path, console) -> int:
+    from rich.markup import escape
+
+    from tasks.params import apply_overrides, load_params
+
     edit = None
     if args.preset or args.assignments:
         try:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed
 from rich.console import Console
 from rich.table import Table
 
 from flows.corpus import corpus_flow
 from flows.deidentify import deidentify_flow
+from flows.drift import ATTENTION, drift_flow
 from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
@@ -19,7 +22,9 @@ from flows.prepare_base import prepare_base_flow
 from flows.register import register_flow
 from flows.route import route_flow
 from flows.validate import validate_flow
+from tasks.drift.summary import read_summary
 from tasks.params import load_params
+from tasks.run_lock import project_lock
 from tasks.stages import StageReport, push_outputs, record_stage, stale_stages
 
 STAGE_FLOWS = {
@@ -28,6 +33,7 @@ STAGE_FLOWS = {
     "ingest": ingest_flow,
     "deidentify": deidentify_flow,
     "validate": validate_flow,
+    "drift": drift_flow,
     "finetune": finetune_flow,
     "register": register_flow,
     "route": route_flow,
@@ -43,8 +49,19 @@ def run_stage(name: str, root: str | Path = ".") -> StageReport:
 @flow(name="medlora-pipeline", persist_result=False)
 def pipeline_flow(root: str = ".", force: bool = False) -> list[StageReport]:
     project = Path(root).resolve()
-    params = load_params(project)
     logger = get_run_logger()
+    timeout = load_params(project).pipeline.lock_timeout_s
+    with project_lock(project, timeout, flow_run=str(flow_run.get_id()), on_wait=logger.warning):
+        # read again under the lock: the run we waited for may have changed params.yaml
+        reports = run_stages(project, load_params(project), force, logger)
+    drift = read_summary(project)
+    if drift and drift["blocking"]:  # the run ends visibly in Attention, not silently Completed
+        logger.warning("drift blocks promotion: %s", drift["reason"])
+        return Completed(name=ATTENTION, message=f"drift blocks promotion: {drift['reason']}", data=reports)
+    return reports
+
+
+def run_stages(project: Path, params, force: bool, logger) -> list[StageReport]:
     stages = [s for s in STAGE_FLOWS if s != "corpus" or params.uses_sample_corpus()]
     reports = []
     for stage in stages:

@@ -1,5 +1,6 @@
 """Promotion: the gate decides for each candidate of an evaluation, the aliases move, and the decision with
-its reasons goes to MLflow (a table), to the Prefect run (artifacts) and to the review audit log.
+its reasons goes to MLflow (a table), to the Prefect run (artifacts) and to the review audit log. A candidate
+kept out by drift leaves the run in the state `Attention`, with the reasons as its message.
 Rollback gives `champion` back to the version aliased `previous`."""
 
 import json
@@ -11,10 +12,14 @@ import pandas as pd
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Completed
 
 from tasks.evaluate.stage import EVALUATION_DIR, EVALUATION_FILE
+from tasks.drift.reference import champion_metrics_at_promotion, champion_reference
+from tasks.drift.summary import read_summary
 from tasks.params import load_params
-from tasks.promote.gate import CHAMPION, PREVIOUS, Decision, alias_version, decide, decision_table, promote, rollback
+from tasks.promote.gate import (CHAMPION, PREVIOUS, Decision, alias_version, data_drift_check, decide, decision_table,
+                                drift_failures, metric_drift_checks, promote, rollback)
 from tasks.review.project import open_store
 from tasks.tracking import configure_tracking
 
@@ -38,12 +43,23 @@ def gate_decisions(root: Path, params, evaluation: dict, batch: str | None = Non
                          "its candidates' metrics are gone: promote the last batch or evaluate again")
     reviews = open_store(params, root).summary(batch)
     client = MlflowClient()
-    return [decide(candidate, reviews.get(candidate["key"]), params.promote, alias_version(client, candidate["model"], CHAMPION))
-            for candidate in evaluation["candidates"]]
+    reference, _ = champion_reference(client, params.tracking.model_prefix)
+    block = params.drift.block_promotion
+    data_drift = data_drift_check(read_summary(root), reference.data_version if reference else None, block)
+    decisions = []
+    for candidate in evaluation["candidates"]:
+        champion = alias_version(client, candidate["model"], CHAMPION)
+        drift = [data_drift]
+        if champion is not None:
+            at_promotion, _ = champion_metrics_at_promotion(client, candidate["model"], champion)
+            drift += metric_drift_checks(candidate.get("metrics", {}), at_promotion, champion, params.promote.metrics,
+                                         params.drift.max_metric_drop, block)
+        decisions.append(decide(candidate, reviews.get(candidate["key"]), params.promote, champion, drift))
+    return decisions
 
 
 @flow(name="promote", persist_result=False)
-def promote_flow(root: str = ".", batch: str | None = None) -> list[dict]:
+def promote_flow(root: str = ".", batch: str | None = None):
     logger = get_run_logger()
     root = Path(root).resolve()
     params = load_params(root)
@@ -55,8 +71,10 @@ def promote_flow(root: str = ".", batch: str | None = None) -> list[dict]:
     rows = [d.as_row() | {"champion": m["champion"], "previous": m["previous"]} for d, m in zip(decisions, moved)]
     for row in rows:
         logger.info("%s v%s: %s (%s)", row["model"], row["version"], row["decision"], row["reasons"])
+    drifted = drift_failures(decisions)
     with mlflow.start_run(run_name="promotion"):
-        mlflow.set_tags({"medlora.stage": "promote", "medlora.review_batch": evaluation["batch"]})
+        mlflow.set_tags({"medlora.stage": "promote", "medlora.review_batch": evaluation["batch"],
+                         "medlora.drift_blocked": str(bool(drifted)).lower()})
         mlflow.log_metrics({"promoted": sum(d.promote for d in decisions), "kept_out": sum(not d.promote for d in decisions)})
         mlflow.log_table(pd.DataFrame(decision_table(decisions)), "promotion_decision.json")
         mlflow.log_dict({"decisions": rows}, "promotion.json")
@@ -68,6 +86,10 @@ def promote_flow(root: str = ".", batch: str | None = None) -> list[dict]:
                           description="The promotion gate's decision per candidate, with its reasons")
     create_markdown_artifact(key="promotion-summary", markdown="\n".join(
         [f"- **{r['model']} v{r['version']}**: {r['decision']}. {r['reasons']}" for r in rows] or ["No candidates."]))
+    if drifted:
+        message = "drift kept candidates out: " + "; ".join(drifted)
+        logger.warning(message)
+        return Completed(name="Attention", message=message[:5000], data=rows)
     return rows
 
 

@@ -13,6 +13,11 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("MEDLORA_DEID_KEY", "medlora-test-key")  # the same pseudonyms, hence splits, every run
+# Each test project uses its own MLflow store: neither a developer's shell nor MLflow (which writes the URIs it is
+# given into the environment) may redirect the projects that tests start in subprocesses.
+TRACKING_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+for _name in TRACKING_ENVIRONMENT:
+    os.environ.pop(_name, None)
 
 from tasks.params import apply_overrides  # noqa: E402
 
@@ -55,7 +60,7 @@ def make_project(directory: Path, preset: str = "tiny", overrides: dict | None =
 
 
 def _venv_env() -> dict:
-    env = dict(os.environ)
+    env = {key: value for key, value in os.environ.items() if key not in TRACKING_ENVIRONMENT}
     env["PATH"] = f"{Path(os.sys.executable).parent}:{env['PATH']}"
     return env
 

@@ -20,6 +20,7 @@ import torch
 from mlflow import MlflowClient
 
 from tasks.base_model import load_base, prepare_base_model, resolve_base_model
+from tasks.drift.summary import NO_REFERENCE, DriftSummary
 from tasks.evaluate.clinical_terms import critical_errors
 from tasks.evaluate.evaluation import held_out_items
 from tasks.evaluate.stage import EVALUATION_DIR, EVALUATION_FILE, base_engine_factory, candidate_refs, evaluate_candidates, queue_items
@@ -130,6 +131,9 @@ def test_the_gate_promotes_the_faithful_expert_and_keeps_the_one_that_flips_nega
     for item in store.items(batch=batch, status="pending"):
         store.decide(item.id, "clinician", "approve")
 
+    # The drift stage ran on these notes with no champion yet (what it writes then): nothing to compare, nothing blocks.
+    DriftSummary(NO_REFERENCE, False, "no model under 'medlora' has a champion yet: nothing to compare the incoming "
+                 "notes with, so drift blocks nothing", "test", len(NOTES)).write(root)
     decisions = {d.key: d for d in gate_decisions(root, params, read_evaluation(root))}
     for decision in decisions.values():
         promote(client, decision)
@@ -143,7 +147,7 @@ def test_the_gate_promotes_the_faithful_expert_and_keeps_the_one_that_flips_nega
     assert any(error.startswith("negation flip") for s in results[flipping].scored for error in s.critical_errors)
 
     assert decisions[faithful].promote, decisions[faithful].reasons
-    assert {"rouge_l vs base model", "critical error rate", "approval rate"} <= {c.name for c in decisions[faithful].checks}
+    assert {"rouge_l vs base model", "critical error rate", "approval rate", "data drift"} <= {c.name for c in decisions[faithful].checks}
     assert not decisions[flipping].promote, decisions[flipping].reasons
     # and, a specialty expert, it is also measured against the multi-task adapter on its own group, which it loses
     assert scored[flipping]["multitask"] == faithful and "multitask_metrics" not in scored[faithful]

@@ -7,7 +7,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.params import GateMetric, PromoteParams
-from tasks.promote.gate import decide, decision_table, promote, rollback
+from tasks.promote.gate import (data_drift_check, decide, decision_table, drift_failures, metric_drift_checks, promote,
+                                rollback)
 
 SETTINGS = PromoteParams(metrics=[GateMetric(name="perplexity", goal="min"), GateMetric(name="rouge_l", goal="max")],
                          min_approval_rate=0.8, max_critical_error_rate=0.2, min_reviewed=2)
@@ -73,6 +74,46 @@ def test_the_decision_table_has_one_row_per_check():
     decision = decide(candidate(), review(), SETTINGS, None)
     table = decision_table([decision])
     assert len(table["name"]) == len(decision.checks) and all(table["passed"])
+
+
+def drift_summary(blocking=False, compared="abc123.dir", reason="0 of 5 columns drifted (0%; below 20%)"):
+    """reports/drift/summary.json as the drift stage writes it (the fields the gate reads)."""
+    return {"status": "drift" if blocking else "no drift", "blocking": blocking, "reason": reason,
+            "reference": {"model": "medlora-router", "version": "1", "data_version": compared} if compared else None}
+
+
+def test_drift_in_the_incoming_notes_keeps_a_candidate_out_with_the_reports_reason():
+    reason = "1 of 5 columns drifted (20%; 20% or more is drift) against ...: specialty (chisquare 1e-09, threshold 0.01)"
+    drift = [data_drift_check(drift_summary(blocking=True, reason=reason), "abc123.dir")]
+    decision = decide(candidate(), review(), SETTINGS, None, drift)
+    assert not decision.promote and failed(decision) == {"data drift": reason}
+    assert drift_failures([decision]) == [f"medlora-router/2: data drift: {reason}"]
+    row = decision_table([decision])
+    assert ("data drift", False) in zip(row["name"], row["passed"])
+    assert decide(candidate(), review(), SETTINGS, None, [data_drift_check(drift_summary(), "abc123.dir")]).promote
+
+
+def test_a_missing_or_stale_drift_report_fails_the_drift_check_and_says_what_to_run():
+    assert not (missing := data_drift_check(None, None)).passed and "run the drift stage" in missing.detail
+    stale = data_drift_check(drift_summary(compared="abc123.dir"), "def456.dir")
+    assert not stale.passed and "data abc123.dir" in stale.detail and "now data def456.dir" in stale.detail
+    assert not data_drift_check(drift_summary(compared=None), "def456.dir").passed  # compared with no champion
+    assert data_drift_check(drift_summary(compared=None), None).passed
+    waived = data_drift_check(drift_summary(blocking=True), "abc123.dir", block=False)
+    assert waived.passed and "not blocking" in waived.detail
+
+
+def test_a_candidate_much_worse_than_the_champion_was_when_promoted_is_kept_out_as_drift():
+    at_promotion = {"perplexity": 16.0, "rouge_l": 0.41}
+    checks = metric_drift_checks({"perplexity": 20.0, "rouge_l": 0.40}, at_promotion, "1", SETTINGS.metrics, max_drop=0.1)
+    assert {c.name: c.passed for c in checks} == {"perplexity drift since champion v1": False,
+                                                  "rouge_l drift since champion v1": True}
+    assert "20 now vs 16" in checks[0].detail and "25.0% worse" in checks[0].detail
+    assert all(c.passed for c in metric_drift_checks({"perplexity": 15.0}, at_promotion, "1", SETTINGS.metrics, 0.1))
+    assert all(c.passed for c in metric_drift_checks({"perplexity": 20.0}, at_promotion, "1", SETTINGS.metrics, 0.1,
+                                                     block=False))
+    [none] = metric_drift_checks({"perplexity": 20.0}, {}, "1", SETTINGS.metrics, 0.1)
+    assert none.passed and "no evaluation on record" in none.detail
 
 
 @pytest.fixture

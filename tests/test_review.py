@@ -7,11 +7,12 @@ import json
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
 import pytest
-from sqlalchemy import create_mock_engine, text
+from sqlalchemy import create_engine, create_mock_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from tasks.review.cli import add_review_commands, run_review_command
@@ -35,9 +36,21 @@ def queue_items() -> list[QueueItem]:
     ]
 
 
+pytest_plugins = ["tests.servers"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Every store test on SQLite (one machine) and on a real PostgreSQL (a team); the latter skips, saying
+    why, where PostgreSQL is not installed."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'review' / 'review.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
-def store(tmp_path) -> ReviewStore:
-    store = ReviewStore(f"sqlite:///{tmp_path / 'review' / 'review.db'}")
+def store(database_url) -> ReviewStore:
+    store = ReviewStore(database_url)
     store.add_reviewer("alice", "alice-pw")
     store.add_reviewer("bob", "bob-pw")
     return store
@@ -106,8 +119,8 @@ def test_a_bad_category_or_decision_is_refused_with_the_choices(store, ids):
     assert store.item(ids[0]).pending
 
 
-def test_a_store_can_have_its_own_error_categories(tmp_path):
-    store = ReviewStore(f"sqlite:///{tmp_path / 'r.db'}", error_categories=("none", "dosage"))
+def test_a_store_can_have_its_own_error_categories(database_url):
+    store = ReviewStore(database_url, error_categories=("none", "dosage"))
     store.add_reviewer("alice", "pw")
     [item_id] = store.enqueue("b", queue_items()[:1])
     assert store.decide(item_id, "alice", "needs_fix", "dosage").error_category == "dosage"
@@ -149,7 +162,10 @@ def test_the_audit_log_records_actions_newest_first_without_note_text(store, ids
 
 
 def test_the_audit_log_is_append_only_even_for_raw_sql(store, ids):
-    for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+    statements = ["UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log", "DELETE FROM audit_log WHERE id = 1"]
+    if store.engine.dialect.name == "postgresql":
+        statements.append("TRUNCATE audit_log")
+    for statement in statements:
         with pytest.raises(DBAPIError, match="audit log is append-only"):
             with store.engine.begin() as connection:
                 connection.execute(text(statement))
@@ -167,18 +183,48 @@ def test_the_append_only_trigger_is_part_of_the_postgresql_schema():
     ddl = "\n".join(statements)
     assert "TIMESTAMP WITH TIME ZONE" in ddl
     assert "BEFORE UPDATE OR DELETE ON audit_log" in ddl and "RAISE EXCEPTION 'audit log is append-only'" in ddl
+    assert "BEFORE TRUNCATE ON audit_log" in ddl
 
 
-def test_a_reopened_sqlite_file_keeps_everything(tmp_path, store, ids):
+def test_a_reopened_store_keeps_everything(store, ids):
     store.decide(ids[0], "alice", "approve")
     reopened = ReviewStore(store.url)
     assert reopened.item(ids[0]).reviewer == "alice"
     assert reopened.reviewers() == ["alice", "bob"]
     assert reopened.summary()[ROUTER]["approve"] == 1
     assert reopened.batches() == ["eval-1"] and reopened.latest_batch() == "eval-1"
-    with pytest.raises(DBAPIError, match="append-only"):  # the triggers were created with the file
+    with pytest.raises(DBAPIError, match="append-only"):  # the triggers were created with the tables
         with reopened.engine.begin() as connection:
             connection.execute(text("DELETE FROM audit_log"))
+    reopened.log("bob", "login")  # and a second store on the same database appends after the first's entries
+    assert [e.action for e in store.audit(limit=2)] == ["login", "decide"]
+
+
+def test_times_are_utc_even_from_a_database_server_in_another_zone(database_url):
+    if database_url.startswith("postgresql"):  # PostgreSQL hands times back in the session's zone
+        engine = create_engine(database_url)
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER DATABASE {make_url(database_url).database} SET timezone TO 'Asia/Kolkata'"))
+        engine.dispose()
+    store = ReviewStore(database_url)
+    store.add_reviewer("alice", "pw")
+    [item_id] = store.enqueue("b", queue_items()[:1])
+    before = datetime.now(timezone.utc)
+    item = store.decide(item_id, "alice", "approve")
+    assert item.decided_at.utcoffset() == item.created_at.utcoffset() == timedelta(0)
+    assert before <= item.decided_at <= datetime.now(timezone.utc)
+    assert {e.time.utcoffset() for e in store.audit()} == {timedelta(0)}
+    with pytest.raises(ReviewError, match=f"by alice at {item.decided_at:%Y-%m-%d %H:%M:%S} UTC"):
+        store.decide(item_id, "alice", "reject", "omission")
+
+
+def test_a_postgresql_password_can_stay_out_of_params_yaml(postgres_url, monkeypatch):
+    """libpq's PGPASSWORD (or ~/.pgpass) supplies it: review.database can be committed without a secret."""
+    url = make_url(postgres_url)
+    monkeypatch.setenv("PGPASSWORD", url.password)
+    store = ReviewStore(url.set(password=None).render_as_string(hide_password=False))
+    store.add_reviewer("alice", "pw")
+    assert store.reviewers() == ["alice"]
 
 
 def test_batches_in_the_order_they_were_enqueued(store):

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 
 from tasks.finetune.examples import Request
 from tasks.params import apply_overrides, load_params
+from tests.conftest import _venv_env
 
 BUNDLE = "medlora-bundle"
 NOTE = "Chest pain and dyspnea on exertion; echo ordered. Plan: stress test."
@@ -70,7 +71,7 @@ def server(finished_project, tmp_path_factory):
     apply_overrides(project, merge={"serve": {"reload_interval_s": 1, "batch_window_ms": 50}})
     port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    env = _venv_env()
     with log_path.open("w") as log:
         process = subprocess.Popen([f"{VENV_BIN}/medlora", "--root", str(project), "serve", "--port", str(port)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -2,7 +2,9 @@
 
 A candidate passes when, on every configured metric its held-out data has, it beats the base model and
 its model's current champion (both scored on the same requests in the same evaluation); reviewers
-approved enough of its sampled outputs; its critical error rate is low enough; and no review is pending.
+approved enough of its sampled outputs; its critical error rate is low enough; no review is pending; and
+nothing drifted: the incoming notes against the champion's training notes (the drift stage's report), and the
+candidate's metrics against the champion's on the evaluation that promoted it.
 Promotion moves the alias `champion` to it and the alias `previous` to the champion it replaces;
 rollback swaps them back."""
 
@@ -16,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from tasks.params import GateMetric, PromoteParams
 
 CHAMPION, PREVIOUS = "champion", "previous"
+DATA_DRIFT = "data drift"
 
 
 def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
@@ -30,6 +33,7 @@ class Check:
     name: str
     passed: bool
     detail: str
+    drift: bool = False  # a drift check: failing it leaves the promotion run in the state Attention
 
 
 @dataclass
@@ -75,8 +79,53 @@ def metric_checks(metrics: dict, reference: dict, against: str, configured: list
     return checks
 
 
-def decide(candidate: dict, review: dict | None, settings: PromoteParams, current_champion: str | None) -> Decision:
-    """`candidate`: one entry of the evaluation's candidates; `review`: its row of the review summary."""
+def _data_named(version: str | None) -> str:
+    return f"data {version[:12]}" if version else "no champion"
+
+
+def data_drift_check(summary: dict | None, champion_data: str | None, block: bool = True) -> Check:
+    """The drift stage's verdict (reports/drift/summary.json) as a check. `champion_data`: the data version the
+    current champion was trained on (None without one), which the report must have compared with."""
+    if summary is None:
+        return Check(DATA_DRIFT, False, "no drift report (reports/drift/summary.json): run the drift stage "
+                                        "(medlora stage drift, or the `drift check` deployment)", drift=True)
+    compared = (summary.get("reference") or {}).get("data_version")
+    if compared != champion_data:
+        return Check(DATA_DRIFT, False, f"the drift report compared the notes with {_data_named(compared)}, but the champion's "
+                                        f"training data is now {_data_named(champion_data)}: run the drift stage again", drift=True)
+    if summary["blocking"] and not block:
+        return Check(DATA_DRIFT, True, f"{summary['reason']} (not blocking: drift.block_promotion is false)", drift=True)
+    return Check(DATA_DRIFT, not summary["blocking"], summary["reason"], drift=True)
+
+
+def metric_drift_checks(metrics: dict, at_promotion: dict, champion: str, configured: list[GateMetric],
+                        max_drop: float, block: bool = True) -> list[Check]:
+    """Each gate metric of the candidate against the champion's on the evaluation that promoted it: worse by more
+    than `max_drop` (relative) means the notes or the models drifted since, even if the candidate beats the
+    champion on today's requests."""
+    if not at_promotion:
+        return [Check(f"metric drift since champion v{champion}", True,
+                      "the champion has no evaluation on record to compare with", drift=True)]
+    checks = []
+    for metric in configured:
+        if metric.name not in metrics or metric.name not in at_promotion:
+            continue
+        ours, then = metrics[metric.name], at_promotion[metric.name]
+        worse = ours - then if metric.goal == "min" else then - ours
+        drop = worse / abs(then) if then else (0.0 if worse <= 0 else float("inf"))
+        change = f"{drop:.1%} worse" if drop > 0 else f"{-drop:.1%} better"
+        passed = drop <= max_drop or not block
+        note = "" if drop <= max_drop or block else " (not blocking: drift.block_promotion is false)"
+        checks.append(Check(f"{metric.name} drift since champion v{champion}", passed,
+                            f"{ours:.4g} now vs {then:.4g} on the evaluation that promoted the champion "
+                            f"({change}; at most {max_drop:.0%} worse){note}", drift=True))
+    return checks
+
+
+def decide(candidate: dict, review: dict | None, settings: PromoteParams, current_champion: str | None,
+           drift: list[Check] | None = None) -> Decision:
+    """`candidate`: one entry of the evaluation's candidates; `review`: its row of the review summary; `drift`:
+    the drift checks (data_drift_check, metric_drift_checks) that apply to it."""
     decision = Decision(candidate["model"], candidate["version"], False)
     checks = decision.checks
     if "skipped" in candidate:
@@ -109,8 +158,14 @@ def decide(candidate: dict, review: dict | None, settings: PromoteParams, curren
         checks.append(Check("approval rate", approval is not None and approval >= settings.min_approval_rate,
                             f"{'none decided' if approval is None else f'{approval:.0%}'} "
                             f"(at least {settings.min_approval_rate:.0%}; {review['reject']} rejected, {review['needs_fix']} need fixes)"))
+    checks += drift or []
     decision.promote = all(c.passed for c in checks)
     return decision
+
+
+def drift_failures(decisions: list[Decision]) -> list[str]:
+    """'model/version: check: detail' for every failed drift check: what puts a promotion run in Attention."""
+    return [f"{d.key}: {c.name}: {c.detail}" for d in decisions for c in d.checks if c.drift and not c.passed]
 
 
 def promote(client: MlflowClient, decision: Decision) -> dict:

@@ -141,11 +141,14 @@ for _verb in ("UPDATE", "DELETE"):
         f"CREATE TRIGGER audit_log_no_{_verb.lower()} BEFORE {_verb} ON audit_log "
         f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END").execute_if(dialect="sqlite"))
 event.listen(_Audit.__table__, "after_create", DDL(
-    "CREATE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+    "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
     f"BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$ LANGUAGE plpgsql").execute_if(dialect="postgresql"))
 event.listen(_Audit.__table__, "after_create", DDL(
     "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
     "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()").execute_if(dialect="postgresql"))
+event.listen(_Audit.__table__, "after_create", DDL(  # TRUNCATE skips row triggers
+    "CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()").execute_if(dialect="postgresql"))
 
 
 def _refuse_audit_changes(session, flush_context, instances) -> None:
@@ -159,10 +162,10 @@ def _now() -> datetime:
 
 
 def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; every time this store writes is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
+    """Every time this store writes is UTC: SQLite hands it back without its zone, PostgreSQL in the session's."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 _DUMMY_HASH: str | None = None
@@ -178,6 +181,8 @@ class ReviewStore:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             else:  # one in-memory database shared by every thread (the web server's too)
                 options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+        else:  # a database server: the review page outlives its connections (server restarts, idle timeouts)
+            options = {"pool_pre_ping": True}
         self.url = url
         self.error_categories = tuple(error_categories)
         if "none" not in self.error_categories:
