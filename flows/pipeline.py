@@ -54,8 +54,14 @@ def pipeline_flow(root: str = ".", force: bool = False) -> list[StageReport]:
     with project_lock(project, timeout, flow_run=str(flow_run.get_id()), on_wait=logger.warning):
         # read again under the lock: the run we waited for may have changed params.yaml
         reports = run_stages(project, load_params(project), force, logger)
+    return final_state(project, reports, logger)
+
+
+def final_state(project: Path, reports: list[StageReport], logger):
+    """The reports, or, when the drift check blocks promotion, a Completed state named Attention that carries them:
+    the run shows it in the UI instead of passing for a plain success."""
     drift = read_summary(project)
-    if drift and drift["blocking"]:  # the run ends visibly in Attention, not silently Completed
+    if drift and drift["blocking"]:
         logger.warning("drift blocks promotion: %s", drift["reason"])
         return Completed(name=ATTENTION, message=f"drift blocks promotion: {drift['reason']}", data=reports)
     return reports

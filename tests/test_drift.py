@@ -209,3 +209,26 @@ def test_a_drifted_corpus_gets_its_report_and_keeps_the_candidate_out_until_the_
     state = promote_flow(root=str(root), return_state=True)
     assert state.name == "Completed" and state.result()[0]["decision"] == "promote", state.result()
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+
+
+def test_a_pipeline_run_whose_drift_check_blocks_ends_in_attention_with_the_reason(tmp_path, prefect_api):
+    from prefect import flow, get_run_logger
+
+    from flows.pipeline import final_state
+    from tasks.drift.summary import DriftSummary
+    from tasks.stages import StageReport
+
+    reports = [StageReport(stage="drift", seconds=1.0)]
+
+    @flow
+    def pipeline_end(blocking: bool):
+        DriftSummary(status="drift" if blocking else "no drift", blocking=blocking, reason="specialty drifted",
+                     data_version="abc", current_notes=10).write(tmp_path)
+        return final_state(tmp_path, reports, get_run_logger())
+
+    blocked = pipeline_end(True, return_state=True)
+    assert blocked.is_completed() and blocked.name == "Attention"
+    assert blocked.message == "drift blocks promotion: specialty drifted"
+    assert [r.stage for r in blocked.result()] == ["drift"]
+    passed = pipeline_end(False, return_state=True)
+    assert passed.name == "Completed" and [r.stage for r in passed.result()] == ["drift"]
