@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tasks.params import MULTITASK_EXPERT, apply_overrides, load_params
 
-from .conftest import PROJECT, make_project
+from .conftest import PROJECT, _venv_env, make_project
 
 ADAPTER_FILE = "adapter_model.safetensors"
 
@@ -51,11 +51,19 @@ def test_dask_local_cluster_of_two_workers_trains_the_same_adapters_as_sequentia
 
     apply_overrides(project, assignments=["finetune.scale_out.engine=dask", "finetune.scale_out.workers=2",
                                           "finetune.scale_out.threads_per_worker=1"])
-    fanned_out = finetune_flow(root=str(project))
+    # `medlora stage finetune`, as `dvc repro` runs it: in a fresh process, whose Dask workers inherit nothing from
+    # this long-lived test process (in the full suite, workers spawned from it died and the futures hung)
+    from prefect.settings import PREFECT_API_URL
+
+    stage = subprocess.run([str(Path(sys.executable).parent / "medlora"), "--root", str(project), "stage", "finetune"],
+                           cwd=project, env=_venv_env() | {"PREFECT_API_URL": PREFECT_API_URL.value()},
+                           capture_output=True, text=True, timeout=600)
+    assert stage.returncode == 0, stage.stderr[-4000:]
+    fanned_out = json.loads((project / "reports" / "finetune.json").read_text())
     after = adapter_tensors(project / ADAPTERS_DIR)
 
-    assert fanned_out.metrics["engine"] == "dask"
-    assert fanned_out.metrics["workers"] == 2  # distinct processes trained: the two Dask workers
+    assert fanned_out["metrics"]["engine"] == "dask"
+    assert fanned_out["metrics"]["workers"] == 2  # distinct processes trained: the two Dask workers
     assert set(before) == set(after) == {e for e in experts if e != "pubmedqa"}  # no PubMedQA file in this project
     for expert, tensors in before.items():
         assert tensors.keys() == after[expert].keys()
