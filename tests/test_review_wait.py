@@ -15,6 +15,7 @@ from prefect.client.orchestration import get_client
 
 from flows.cli import main
 from flows.evaluate import wait_for_reviews
+from tasks.drift.summary import NO_REFERENCE, DriftSummary
 from tasks.evaluate.stage import EVALUATION_DIR, EVALUATION_FILE
 from tasks.params import deep_merge, load_params
 from tasks.review.project import open_store
@@ -41,6 +42,8 @@ def make_waiting_project(root, wait: str):
                                   "base_metrics": {"perplexity": 12.0}, "champion": None}]}
     (root / EVALUATION_DIR).mkdir(parents=True)
     (root / EVALUATION_DIR / EVALUATION_FILE).write_text(json.dumps(evaluation))
+    # what the drift stage writes when there is no champion yet: nothing to compare with, nothing blocks
+    DriftSummary(NO_REFERENCE, False, "no champion yet", "test", 2).write(root)
     store = open_store(load_params(root), root)
     store.enqueue(BATCH, [QueueItem("medlora-router/1", "medlora-router", "1", f"n-{i}", "Note text.", "Summary.", "Ref.")
                           for i in range(2)])
