@@ -92,3 +92,27 @@ def test_a_questions_decision_read_in_the_generation_pass_is_that_of_a_forward_p
         for answer in alone.probabilities:
             assert from_generation.decision.probabilities[answer] == pytest.approx(alone.probabilities[answer], abs=1e-4)
         assert from_generation.decision.energy == pytest.approx(alone.energy, abs=1e-3)
+
+
+def test_the_weights_fingerprint_does_not_depend_on_the_thread_count():
+    """A serving machine with other cores than the training one must see the same fingerprint."""
+    import torch
+
+    from tasks.finetune.inference import weights_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 4096), torch.nn.Linear(4096, 256))
+    threads = torch.get_num_threads()
+    fingerprints = []
+    try:
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            model._medlora_fingerprint = None
+            fingerprints.append(weights_fingerprint(model))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(fingerprints)) == 1
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1e-3
+    model._medlora_fingerprint = None
+    assert weights_fingerprint(model) != fingerprints[0]

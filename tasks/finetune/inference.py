@@ -90,7 +90,9 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         for name, parameter in model.named_parameters():
             if "lora_" in name:
                 continue
-            values = parameter.detach().double()
+            # NumPy's pairwise sum, not torch's: torch splits a reduction over its threads, so the last bits (and the
+            # fingerprint) would depend on the thread count, and a serving machine would refuse the bundle.
+            values = parameter.detach().double().reshape(-1).cpu().numpy()
             # PEFT renames what it wraps ("base_model.model.<name>", "q_proj.base_layer.weight"): the same weights.
             name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
             digest.update(f"{name}{tuple(parameter.shape)}"
