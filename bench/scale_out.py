@@ -59,8 +59,9 @@ def build_project(directory: Path, model: str, experts: int, notes: int) -> Path
     raw["base_model"] = model
     raw["corpus"]["notes"] = notes
     raw["finetune"].update({"eval_every": 0, "checkpoint_every": 0, "multitask_expert": False, "task_experts": {}})
+    raw["augment"]["min_train_notes"] = 0  # the same training data for every expert and engine
     (directory / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    for stage in ("corpus", "prepare_base", "ingest", "deidentify", "validate"):
+    for stage in ("corpus", "prepare_base", "ingest", "deidentify", "validate", "augment"):
         started = time.perf_counter()
         run_stage(stage, directory)
         print(f"  stage {stage}: {time.perf_counter() - started:.1f} s", flush=True)

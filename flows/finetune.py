@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import time
 from contextlib import nullcontext
@@ -23,8 +24,9 @@ from flows.stage_runtime import stage_run
 from flows.validate import VALIDATED_DIR
 from tasks.base_model import load_base, pick_device
 from tasks.finetune.examples import Request, answer_of
-from tasks.finetune.expert_data import expert_records
-from tasks.finetune.inference import answer_probabilities, best_answer
+from tasks.evaluate.metrics import rouge_l
+from tasks.finetune.expert_data import AUGMENTED_DIR, expert_records, provenance_summary, real_only, synthetic_rows
+from tasks.finetune.inference import answer_probabilities, best_answer, generate
 from tasks.finetune.train import train_expert_adapter, write_report
 from tasks.params import MULTITASK_EXPERT, Params, ScaleOutParams, load_params
 from tasks.run_lock import project_lock
@@ -36,29 +38,78 @@ ADAPTERS_DIR = Path("models/adapters")
 @task(persist_result=False)
 def train_expert(root: Path, params, expert: str, splits: dict[str, pd.DataFrame], threads: int | None = None) -> dict:
     """`threads`: None trains with finetune.threads and a progress bar (in this process); a number is a
-    scale-out worker's share of its machine (0: resolved on the worker), and progress goes to the log."""
+    scale-out worker's share of its machine (0: resolved on the worker), and progress goes to the log.
+    An expert with synthetic training examples (the augment stage) is trained on its real notes alone too, when
+    augment.keep is auto, and keeps whichever adapter has the lower validation loss (real notes only)."""
     started = time.perf_counter()
-    records = expert_records(params, expert, splits, root)
     settings = params.finetune.for_expert(expert)
     fanned_out = threads is not None
     if fanned_out:
         settings = settings.model_copy(update={"threads": threads or threads_on_this_worker()})
         get_run_logger().info("expert %s: training on %s with %s torch threads", expert, worker_name(), settings.threads)
-    device = pick_device(settings.device)
-    # A fresh base per expert: get_peft_model injects LoRA layers in place (reloading takes < 1 s).
-    tokenizer, base = load_base(params.base_model, root, device)
-    specialise = params.finetune.specialise_from_multitask and expert in params.experts
-    report, model = train_expert_adapter(expert, records["train"], records["val"], tokenizer, base, settings,
-                                         root / ADAPTERS_DIR / expert, params.seed, device,
-                                         checkpoint_dir=root / settings.checkpoint_dir, progress=not fanned_out,
-                                         init_adapter=root / ADAPTERS_DIR / MULTITASK_EXPERT if specialise else None)
-    if records["val"] and records["val"][0][0].is_question:
-        report.val_metrics["val_accuracy"] = validation_accuracy(model, tokenizer, records["val"], settings)
-        write_report(root / ADAPTERS_DIR / expert, report)
+    output_dir = root / ADAPTERS_DIR / expert
+    synthetic = synthetic_rows(splits["train"], params, expert)
+    keep = params.augment.keep if len(synthetic) else "none"
+    if keep in ("auto", "never"):
+        real_only_dir = output_dir if keep == "never" else root / settings.checkpoint_dir / "real-only" / expert
+        trained = _train(root, params, expert, real_only(splits), settings, fanned_out, real_only_dir)
+        if keep == "auto":
+            trained = choose_augmentation(trained, _train(root, params, expert, splits, settings, fanned_out, output_dir),
+                                          real_only_dir, output_dir, settings)
+    else:
+        trained = _train(root, params, expert, splits, settings, fanned_out, output_dir)
+    report, model, tokenizer, val = trained
+    report.data_provenance = provenance_summary(synthetic, keep) | report.data_provenance
+    if val and val[0][0].is_question:
+        report.val_metrics["val_accuracy"] = validation_accuracy(model, tokenizer, val, settings)
+    write_report(output_dir, report)
     return {"expert": expert, "val_loss": report.val_loss, "tokens_per_second": report.tokens_per_second,
             "train_examples": report.train_examples, "steps": report.steps, "seconds": report.seconds,
             "threads": report.threads, "worker": worker_name(), "task_seconds": round(time.perf_counter() - started, 2),
             **report.val_metrics}
+
+
+def _train(root: Path, params, expert: str, splits: dict[str, pd.DataFrame], settings, fanned_out: bool, output_dir: Path):
+    """(report, model, tokenizer, validation pairs) of one training of the expert's adapter into output_dir."""
+    records = expert_records(params, expert, splits, root)
+    device = pick_device(settings.device)
+    # A fresh base per training: get_peft_model injects LoRA layers in place (reloading takes < 1 s).
+    tokenizer, base = load_base(params.base_model, root, device)
+    specialise = params.finetune.specialise_from_multitask and expert in params.experts
+    report, model = train_expert_adapter(expert, records["train"], records["val"], tokenizer, base, settings, output_dir,
+                                         params.seed, device, checkpoint_dir=root / settings.checkpoint_dir,
+                                         progress=not fanned_out,
+                                         init_adapter=root / ADAPTERS_DIR / MULTITASK_EXPERT if specialise else None)
+    return report, model, tokenizer, records["val"]
+
+
+def choose_augmentation(real_only, augmented, real_only_dir: Path, output_dir: Path, settings):
+    """The trained adapter with the lower validation loss, in output_dir; both figures, and the ROUGE-L of each
+    on the validation notes, are in its report (val_*_real_only, val_*_augmented, augmentation_kept)."""
+    figures = {}
+    for name, (report, model, tokenizer, val) in (("real_only", real_only), ("augmented", augmented)):
+        figures[f"val_loss_{name}"] = report.val_loss
+        figures[f"val_rouge_l_{name}"] = validation_rouge_l(model, tokenizer, val, settings)
+    decided = augmented[0].val_loss is not None and real_only[0].val_loss is not None
+    kept = decided and augmented[0].val_loss < real_only[0].val_loss  # no validation notes: the real notes alone
+    if not kept:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        shutil.copytree(real_only_dir, output_dir)
+    shutil.rmtree(real_only_dir, ignore_errors=True)
+    chosen = augmented if kept else real_only
+    chosen[0].val_metrics |= {name: value for name, value in figures.items() if value is not None}
+    chosen[0].val_metrics["augmentation_kept"] = int(kept)
+    chosen[0].data_provenance["augmentation"] = ("kept: won on validation" if kept else "dropped: lost on validation"
+                                                  if decided else "dropped: no validation notes to decide on")
+    return chosen
+
+
+def validation_rouge_l(model, tokenizer, val: list[tuple[Request, str]], settings) -> float | None:
+    if not val:
+        return None
+    outputs = generate(model, tokenizer, [r for r, _ in val], settings.max_source_tokens, settings.max_target_tokens,
+                       settings.generation_batch_size, precision=settings.precision)
+    return round(sum(rouge_l(o, t) for o, (_, t) in zip(outputs, val)) / len(val), 4)
 
 
 def worker_name() -> str:
@@ -97,10 +148,11 @@ def experts_with_data(root: Path, params: Params) -> list[str]:
 
 
 def read_splits(root: Path) -> dict[str, pd.DataFrame]:
-    paths = {s: root / VALIDATED_DIR / f"{s}.parquet" for s in ("train", "val")}
+    """The training set the augment stage wrote (real notes and synthetic examples) and the validation split."""
+    paths = {"train": root / AUGMENTED_DIR / "train.parquet", "val": root / VALIDATED_DIR / "val.parquet"}
     if missing := [str(p) for p in paths.values() if not p.exists()]:
-        raise FileNotFoundError(f"{', '.join(missing)} not found: run the stages up to validate first "
-                                "(`medlora run`, or `dvc repro validate`)")
+        raise FileNotFoundError(f"{', '.join(missing)} not found: run the stages up to augment first "
+                                "(`medlora run`, or `dvc repro augment`)")
     return {s: pd.read_parquet(p) for s, p in paths.items()}
 
 

@@ -12,6 +12,7 @@ from prefect.states import Completed
 from rich.console import Console
 from rich.table import Table
 
+from flows.augment import augment_flow
 from flows.corpus import corpus_flow
 from flows.deidentify import deidentify_flow
 from flows.drift import ATTENTION, drift_flow
@@ -34,6 +35,7 @@ STAGE_FLOWS = {
     "deidentify": deidentify_flow,
     "validate": validate_flow,
     "drift": drift_flow,
+    "augment": augment_flow,
     "finetune": finetune_flow,
     "register": register_flow,
     "route": route_flow,

@@ -278,6 +278,31 @@ class PromoteParams(Strict):
     min_reviewed: int = Field(1, ge=0)        # decided review items a candidate needs
 
 
+class AugmentParams(Strict):
+    """Synthetic training examples for experts with few real training notes (flows/augment.py)."""
+
+    min_train_notes: int = Field(20, ge=0)          # experts with fewer real training notes are augmented (0: none)
+    methods: list[Literal["fewshot_notes", "back_summaries", "section_reorder", "abbreviations"]] = [
+        "fewshot_notes", "back_summaries"]
+    # multitask: the champion of <prefix>-expert-multitask when one is registered, else the base model alone;
+    # base: the base model; or a PEFT adapter directory, a models:/ URI of a registered expert, an HF id or a path
+    generator: str = "multitask"
+    notes_per_expert: int = Field(8, ge=0)          # few-shot notes asked for per augmented expert (before filters)
+    shots: int = Field(2, ge=1)                      # training notes of the expert shown in each prompt
+    shot_tokens: int = Field(128, ge=8)              # each shown note cut to its head
+    note_tokens: int = Field(160, ge=8)              # tokens a synthetic note may have
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    max_synthetic_share: float = Field(0.5, ge=0, lt=1)   # of an expert's training examples, after augmentation
+    near_duplicate_similarity: float = Field(0.5, gt=0, le=1)  # MinHash 5-gram Jaccard to a real training note
+    leakage_similarity: float = Field(0.3, gt=0, le=1)    # MinHash 5-gram Jaccard to any validation or test note
+    leakage_rouge_l: float = Field(0.5, gt=0, le=1)       # ROUGE-L F1 to any validation or test note
+    diversity_rouge_l: float = Field(0.7, gt=0, le=1)     # Self-Instruct: ROUGE-L to an accepted synthetic note
+    fluency_quantile: float = Field(0.95, gt=0, le=1)     # perplexity above this quantile of the real notes' is rejected
+    keep: Literal["auto", "always", "never"] = "auto"     # auto: an expert keeps augmentation where it wins on validation
+
+
 class DriftParams(Strict):
     """The drift check (flows/drift.py) and what of it the promotion gate enforces."""
 
@@ -335,6 +360,7 @@ class Params(Strict):
     evaluate: EvaluateParams = EvaluateParams()
     review: ReviewParams = ReviewParams()
     promote: PromoteParams = PromoteParams()
+    augment: AugmentParams = AugmentParams()
     drift: DriftParams = DriftParams()
     serve: ServeParams = ServeParams()
     tracking: TrackingParams = TrackingParams()

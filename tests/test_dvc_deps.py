@@ -97,10 +97,10 @@ def test_every_code_dep_is_code_the_stage_imports(stage):
     assert not unused, f"dvc.yaml stage {stage!r} lists {unused}, which its code does not import"
 
 
-def test_stages_before_finetune_depend_on_no_finetune_code():
-    """Editing a file of tasks/finetune re-runs finetune and what follows, and nothing before it (the base
-    model's preparation lives in tasks/base_model.py for that reason)."""
-    before = STAGES[:STAGES.index("finetune")]
+def test_stages_before_augment_depend_on_no_finetune_code():
+    """Editing a file of tasks/finetune re-runs augment (which generates with the one inference path), finetune and
+    what follows, and nothing before it (the base model's preparation lives in tasks/base_model.py for that reason)."""
+    before = STAGES[:STAGES.index("augment")]
     finetune_code = {stage: [str(m) for m in stage_modules(stage, PROJECT) if str(m).startswith("tasks/finetune/")]
                      for stage in before}
     assert finetune_code == {stage: [] for stage in before}

@@ -16,7 +16,7 @@ from tasks.params import load_params
 
 def test_every_stage_ran_then_was_reused(finished_project):
     _, first, second = finished_project
-    stages = ["corpus", "prepare_base", "ingest", "deidentify", "validate", "drift", "finetune", "register", "route", "evaluate"]
+    stages = ["corpus", "prepare_base", "ingest", "deidentify", "validate", "drift", "augment", "finetune", "register", "route", "evaluate"]
     assert [r.stage for r in first] == stages and not any(r.reused for r in first)
     assert [r.stage for r in second] == stages and all(r.reused for r in second)
     ingest = next(r for r in first if r.stage == "ingest")

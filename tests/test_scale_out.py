@@ -23,12 +23,13 @@ ADAPTER_FILE = "adapter_model.safetensors"
 
 @pytest.fixture(scope="module")
 def validated_project(tmp_path_factory, prefect_api) -> Path:
-    """The tiny project run up to validate; specialty experts start from the multi-task adapter, one torch thread each."""
+    """The tiny project run up to augment (which adds nothing here); specialty experts start from the multi-task adapter, one torch thread each."""
     from flows.pipeline import run_stage
 
     project = make_project(tmp_path_factory.mktemp("scale-out"),
-                           overrides={"finetune": {"threads": 1, "specialise_from_multitask": True}})
-    for stage in ("corpus", "prepare_base", "ingest", "deidentify", "validate"):
+                           overrides={"finetune": {"threads": 1, "specialise_from_multitask": True},
+                                      "augment": {"min_train_notes": 0}})
+    for stage in ("corpus", "prepare_base", "ingest", "deidentify", "validate", "augment"):
         run_stage(stage, project)
     return project
 

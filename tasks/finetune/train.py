@@ -50,6 +50,7 @@ class TrainingReport:
     val_loss_per_eval: list[tuple[int, float]] = field(default_factory=list)
     val_loss: float | None = None  # of the adapter that is saved (the best one when evaluating)
     val_metrics: dict[str, float] = field(default_factory=dict)
+    data_provenance: dict[str, str | int] = field(default_factory=dict)  # synthetic examples, how made, whether kept
     stopped_early: bool = False
     resumed_from_step: int = 0
     tokens: int = 0

@@ -54,7 +54,8 @@ def training_params(params: Params, expert: str, report: dict) -> dict:
             "lora_dropout": lora.dropout, "target_modules": ",".join(lora.target_modules),
             "train_examples": report["train_examples"], "val_examples": report["val_examples"],
             "trainable_parameters": report["trainable_parameters"], "precision": report["precision"],
-            "device": report["device"], "threads": report["threads"]}
+            "device": report["device"], "threads": report["threads"],
+            **{f"train_data_{k}": v for k, v in report.get("data_provenance", {}).items()}}
 
 
 def register_expert(adapter_dir: Path, params: Params, base_model_location: str, versions: dict[str, str]) -> dict:

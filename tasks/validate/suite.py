@@ -26,6 +26,7 @@ RAW_SUITE = "raw_notes"
 NOTES_SUITE = "deidentified_notes"
 SPLIT_SUITE = "split_leakage"
 COUNTS_SUITE = "notes_per_expert"
+AUGMENTED_SUITE = "augmented_train_notes"
 REQUIRED_COLUMNS = ["note_id", "patient_id", "text", "target", "specialty", "expert"]
 DATA_DOCS_INDEX = Path("uncommitted/data_docs/local_site/index.html")
 
@@ -176,6 +177,16 @@ def run_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], g
     too_few = [f"expert {x!r} has {n} notes, fewer than validate.min_records_per_expert"
                for x, n in zip(counts["expert"], counts["notes"]) if n < params.min_records_per_expert]
     outcome = _outcome(results, gx_dir, too_few)
+    if not outcome.success:
+        outcome.failed_rows = rows_with_residual_phi(checked)
+    return outcome
+
+
+def run_augmented_suite(notes: pd.DataFrame, params: ValidateParams, experts: list[str], gx_dir: Path,
+                        canaries: list[str] = ()) -> GateOutcome:
+    """The notes suite over a training set with synthetic examples (the augment stage's output)."""
+    checked = gate_columns(notes, list(canaries))
+    outcome = _outcome(_validate(gx_dir, AUGMENTED_SUITE, checked, notes_expectations(params, experts)), gx_dir)
     if not outcome.success:
         outcome.failed_rows = rows_with_residual_phi(checked)
     return outcome
