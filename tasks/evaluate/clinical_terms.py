@@ -20,10 +20,14 @@ before it; pseudo-negations ("no change", "not ruled out") negate nothing.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from pathlib import Path
 
 from negspacy.termsets import termset
 from wordfreq import zipf_frequency
@@ -204,8 +208,38 @@ class _Lexicon:
     surfaces: dict  # canonical term -> key tuples that mean it
 
 
+def _lexicon_cache_file() -> Path:
+    """Where the built lexicon is kept between processes: named by the code and the vocabulary packages that make
+    it (building it reads and filters about 100,000 terms; loading the pickle takes a fraction of that)."""
+    from importlib.metadata import version
+
+    here = Path(__file__).resolve().parent
+    parts = [(here / name).read_bytes() for name in ("clinical_terms.py", "clinical_lexicon.py")]
+    parts += [version(package).encode() for package in ("simple-icd-10-cm", "drug-named-entity-recognition", "wordfreq")]
+    key = hashlib.sha1(b"\0".join(parts)).hexdigest()[:16]
+    root = Path(os.environ.get("MEDLORA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medlora")
+    return root / f"clinical-lexicon-{key}.pickle"
+
+
 @cache
 def _lexicon() -> _Lexicon:
+    path = _lexicon_cache_file()
+    try:
+        return _Lexicon(*pickle.loads(path.read_bytes()))
+    except (OSError, pickle.UnpicklingError, EOFError, TypeError):
+        pass
+    lexicon = _built_lexicon()
+    try:  # written whole, then renamed: a process reading at the same time sees the old file or the new one
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(pickle.dumps((lexicon.entries, lexicon.longest, lexicon.surfaces), protocol=pickle.HIGHEST_PROTOCOL))
+        partial.replace(path)
+    except OSError:  # a read-only home: build it in each process
+        pass
+    return lexicon
+
+
+def _built_lexicon() -> _Lexicon:
     entries: dict[tuple, tuple[str, str]] = {}
 
     def add(term: str, canonical: str, kind: str, common: float) -> None:
