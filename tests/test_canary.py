@@ -32,10 +32,14 @@ def _plant(directory):
 def test_canary_reaches_no_output_log_param_or_error(tmp_path, prefect_api, caplog):
     from .conftest import make_project
 
-    # 80 notes leave one obgyn note, under the gate's minimum per expert; this test is about PHI, not size.
+    # 80 notes leave one obgyn note, under the gate's minimum per expert; this test is about PHI, not size, so the
+    # models are scored on a few notes (every stage still runs and writes what it writes).
     project = make_project(tmp_path, overrides={"input": {"path": "data/raw/canary/notes.jsonl"},
                                                 "validate": {"min_records_per_expert": 1,
-                                                             "canaries_file": "data/raw/canary/canaries.txt"}})
+                                                             "canaries_file": "data/raw/canary/canaries.txt"},
+                                                "finetune": {"task_experts": {"pubmedqa": {"path": "data/raw/no-questions.json"}}},
+                                                "route": {"layer": [0], "evaluate_notes": 4}, "serve": {"calibration_requests": 8},
+                                                "evaluate": {"notes": 3, "questions": 4, "adversarial_requests": 1}})
     source = _plant(project)
     (source.parent / "canaries.txt").write_text("\n".join(CANARIES) + "\n")
     caplog.set_level(logging.DEBUG)
