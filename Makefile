@@ -23,11 +23,8 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/medlora run
 
-# Two pytest-xdist workers: much of the suite waits on servers and subprocesses starting. Each test file stays on
-# one worker (tests/conftest.py groups them), so module fixtures are built once. TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -q
 
 serve: install
 	$(BIN)/medlora serve

@@ -124,14 +124,3 @@ def finished_project(tmp_path_factory, prefect_api):
     second = pipeline_flow(root=str(project))
     return project, first, second
 
-
-# Under pytest-xdist (`make test` runs two workers with --dist loadgroup), each test file goes to one worker, so a
-# module's fixtures are built once; the files that share `finished_project` (two whole pipeline runs) go together.
-SHARES_FINISHED_PROJECT = "finished_project"
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if not any(mark.name == "xdist_group" for mark in item.iter_markers()):
-            group = SHARES_FINISHED_PROJECT if "finished_project" in getattr(item, "fixturenames", ()) else item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(group))
