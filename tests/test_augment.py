@@ -45,7 +45,7 @@ def test_rare_experts_get_synthetic_examples_whose_provenance_reaches_training_a
     rejected = pd.read_parquet(project / "data" / "augmented" / "rejected.parquet")
     assert "text" not in rejected and "target" not in rejected and set(rejected["reason"]) <= set(REASONS)
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     [run] = client.search_runs(experiments, "tags.`medlora.stage` = 'augment'")
     assert run.data.params["generator"] == "base:tiny-random" and run.data.metrics["synthetic_examples"] == len(synthetic)
