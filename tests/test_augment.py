@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tasks.augment.filters import REASONS, max_rouge_l, screen
+from tasks.augment.filters import REASONS, HeldOut, max_rouge_l, screen
 from tasks.augment.methods import PROVENANCE_COLUMNS, reordered_sections, swapped_abbreviations
 from tasks.params import load_params
 from tasks.validate.duplicates import near_duplicates_of
@@ -53,6 +53,10 @@ def test_rare_experts_get_synthetic_examples_whose_provenance_reaches_training_a
         counts = {k.removeprefix(f"{expert}_"): v for k, v in run.data.metrics.items() if k.startswith(f"{expert}_")}
         assert counts["candidates"] == counts["accepted"] + sum(counts[f"rejected_{r}"] for r in REASONS)
         assert counts["accepted"] == (synthetic["expert"] == expert).sum()
+        # a training note near a held-out note is not varied: at most one new summary per other training note
+        by_source = rejected[(rejected["expert"] == expert) & (rejected["method"] == "back_summaries")]
+        from_sources = (synthetic["expert"] == expert) & (synthetic["method"] == "back_summaries")
+        assert len(by_source) + from_sources.sum() <= counts["real"] - counts["sources_near_heldout"]
     (scratch := project / "scratch").mkdir(exist_ok=True)
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "synthetic_examples.json", str(scratch))).read_text())
     assert {"origin", "method", "generator", "prompt_id", "seed"} <= set(logged["columns"]) and len(logged["data"]) == len(synthetic)
@@ -104,11 +108,33 @@ def test_the_screens_reject_a_copied_heldout_note_a_planted_identifier_an_unsupp
         base | {"method": "fewshot_notes", "text": note["text"], "target": note["target"]},
         base | {"method": "back_summaries", "text": note["text"], "target": note["target"]},
     ])
-    kept, rejected = screen(candidates, own, _heldout(project), params.augment, params.validate_, [],
+    kept, rejected = screen(candidates, own, HeldOut(_heldout(project), params.augment, params.seed), params.augment, params.validate_, [],
                             base_perplexity(params, project, None), params.seed)
     assert list(rejected["reason"]) == ["near_heldout", "residual_phi", "residual_phi", "unsupported", "near_training",
                                         "not_diverse"]
     assert kept.empty
+
+
+def test_a_training_note_near_a_heldout_note_is_not_varied_and_the_others_are():
+    from tasks.augment.stage import augment
+
+    from .conftest import PROJECT
+
+    sections = "CHIEF COMPLAINT: {0}\nHISTORY OF PRESENT ILLNESS: {0} for {1} days after a fall at home\nMEDICATIONS: none\nPLAN: rest"
+    heldout = sections.format("knee pain", 3)
+    other = ("REASON FOR VISIT: wrist swelling since lifting boxes in a warehouse last week\nEXAM: tender radial "
+             "styloid, good grip strength\nIMPRESSION: radiographs show no fracture\nRECOMMENDATIONS: splint and ice")
+    train = pd.DataFrame({"note_id": ["n1", "n2"], "patient_id": ["p1", "p2"], "expert": "orthopedic",
+                          "specialty": "Orthopedic", "text": [heldout.replace("3", "4"), other],
+                          "target": ["Knee pain.", "Wrist swelling."], "surrogate_ids": [[], []], "surrogate_dates": [[], []]})
+    splits = {"train": train, "val": train.iloc[:0].assign(text=[], target=[]), "test": train.iloc[:1].assign(text=heldout)}
+    params = load_params(PROJECT)
+    params = params.model_copy(update={"augment": params.augment.model_copy(update={
+        "min_train_notes": 5, "methods": ["section_reorder"], "max_synthetic_share": 0.9})})
+    result = augment(params, Path("."), splits, [])
+    assert result.counts["orthopedic"]["sources_near_heldout"] == 1 and result.counts["orthopedic"]["candidates"] == 1
+    [variant] = result.train[result.train["origin"] == "synthetic"].itertuples()
+    assert variant.source_note_id == "n2"
 
 
 def test_rule_variants_reorder_sections_and_swap_abbreviations():

@@ -41,6 +41,7 @@ def prefect_server(tmp_path_factory):
         "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2", "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "1", "PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "2", "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5"}
     server = _start([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, home / "server.log")
     try:

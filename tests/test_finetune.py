@@ -162,31 +162,36 @@ def test_an_expert_can_start_from_another_adapter_and_keeps_it_unless_it_improve
     assert saved.keys() == start.keys() and all(torch.equal(saved[k], start[k]) for k in saved)
 
 
-RESUMABLE_RUN = """
-import json, sys, torch
+# Enough steps that the run is still going when the test sees its first checkpoint (step 2) and kills it.
+RESUMABLE_STEPS = 60
+
+
+def resumable_run(tiny_root: Path, out: Path, checkpoints: Path) -> dict:
+    tokenizer, base = load_base("tiny-random", tiny_root)
+    settings = tiny_settings(max_steps=RESUMABLE_STEPS, checkpoint_every=2, eval_every=20,
+                             lora=tiny_settings().lora.model_copy(update={"dropout": 0.1}))
+    report, _ = train_expert_adapter("resumable", synthetic_pairs(40), synthetic_pairs(6, seed=5), tokenizer, base, settings,
+                                     out, 7, torch.device("cpu"), checkpoint_dir=checkpoints, progress=False)
+    return {"steps": report.steps, "resumed_from_step": report.resumed_from_step, "losses": report.loss_per_step}
+
+
+KILLABLE_RUN = """
+import sys
 from pathlib import Path
 sys.path.insert(0, {project!r})
-from tests.test_finetune import synthetic_pairs, tiny_settings
-from tasks.base_model import load_base
-from tasks.finetune.train import train_expert_adapter
-tokenizer, base = load_base("tiny-random", Path({root!r}))
-settings = tiny_settings(max_steps=300, checkpoint_every=2, eval_every=50, lora=tiny_settings().lora.model_copy(update={{"dropout": 0.1}}))
-report, _ = train_expert_adapter("resumable", synthetic_pairs(40), synthetic_pairs(6, seed=5), tokenizer, base, settings,
-                                 Path({out!r}), 7, torch.device("cpu"), checkpoint_dir=Path({checkpoints!r}), progress=False)
-print(json.dumps({{"steps": report.steps, "resumed_from_step": report.resumed_from_step, "losses": report.loss_per_step}}))
+from tests.test_finetune import resumable_run
+resumable_run(Path({root!r}), Path({out!r}), Path({checkpoints!r}))
 """
 
 
-def _resumable_run(tiny_root: Path, tmp_path: Path, name: str) -> list[str]:
-    script = RESUMABLE_RUN.format(project=str(PROJECT), root=str(tiny_root), out=str(tmp_path / name),
-                                  checkpoints=str(tmp_path / f"{name}-checkpoints"))
-    return [sys.executable, "-c", script]
-
-
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(tiny_root, tmp_path):
-    command = _resumable_run(tiny_root, tmp_path, "killed")
-    checkpoint = tmp_path / "killed-checkpoints" / "resumable" / CHECKPOINT_FILE
-    worker = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # Killed in a process of its own; resumed, and run whole for comparison, in this one (each process spends
+    # about 10 s importing torch and PEFT).
+    checkpoints = tmp_path / "killed-checkpoints"
+    checkpoint = checkpoints / "resumable" / CHECKPOINT_FILE
+    script = KILLABLE_RUN.format(project=str(PROJECT), root=str(tiny_root), out=str(tmp_path / "killed"),
+                                 checkpoints=str(checkpoints))
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and worker.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -195,11 +200,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted
     assert worker.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert checkpoint.exists() and not (tmp_path / "killed" / "training.json").exists()
 
-    resumed = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-    uninterrupted = json.loads(subprocess.run(_resumable_run(tiny_root, tmp_path, "whole"), capture_output=True, text=True,
-                                              check=True).stdout.splitlines()[-1])
-    assert 0 < resumed["resumed_from_step"] < 300
-    assert resumed["steps"] == uninterrupted["steps"] == 300
+    resumed = resumable_run(tiny_root, tmp_path / "killed", checkpoints)
+    uninterrupted = resumable_run(tiny_root, tmp_path / "whole", tmp_path / "whole-checkpoints")
+    assert 0 < resumed["resumed_from_step"] < RESUMABLE_STEPS
+    assert resumed["steps"] == uninterrupted["steps"] == RESUMABLE_STEPS
     assert resumed["losses"] == pytest.approx(uninterrupted["losses"], abs=1e-4)
     assert not checkpoint.exists(), "a finished run removes its checkpoint"
 

@@ -27,7 +27,7 @@ import pandas as pd
 from tasks.evaluate.clinical_terms import unsupported_entities
 from tasks.evaluate.metrics import rouge_l
 from tasks.params import AugmentParams, ValidateParams
-from tasks.validate.duplicates import near_duplicates_of
+from tasks.validate.duplicates import NearDuplicateIndex, near_duplicates_of
 from tasks.validate.suite import gate_columns, rows_with_residual_phi
 
 REASONS = ("structure", "residual_phi", "unsupported", "near_training", "near_heldout", "not_diverse", "not_fluent",
@@ -55,6 +55,21 @@ def max_rouge_l(text: str, references: Sequence[str], bags: Sequence[Counter] | 
     return best
 
 
+class HeldOut:
+    """The validation and test notes, indexed once per stage run: nothing synthetic may come near one of them
+    (MinHash at augment.leakage_similarity, or ROUGE-L at augment.leakage_rouge_l)."""
+
+    def __init__(self, texts: list[str], settings: AugmentParams, seed: int) -> None:
+        self.texts, self.settings = texts, settings
+        self.bags = [_bag(t) for t in texts]
+        self.index = NearDuplicateIndex(texts, settings.leakage_similarity, seed)
+
+    def near(self, texts: Sequence[str]) -> list[bool]:
+        limit = self.settings.leakage_rouge_l
+        return [bool(found) or max_rouge_l(text, self.texts, self.bags, limit) >= limit
+                for text, found in zip(texts, self.index.query(list(texts)))]
+
+
 def structure_ok(frame: pd.DataFrame, validate: ValidateParams) -> list[bool]:
     text_chars, target_chars = frame["text"].str.len(), frame["target"].str.strip().str.len()
     return list((text_chars >= validate.min_text_chars) & (text_chars <= validate.max_text_chars) & (target_chars >= 1)
@@ -65,7 +80,7 @@ def residual_phi_rows(frame: pd.DataFrame, canaries: list[str]) -> set[int]:
     return {row for rows in rows_with_residual_phi(gate_columns(frame.reset_index(drop=True), canaries)).values() for row in rows}
 
 
-def screen(candidates: pd.DataFrame, real_train: pd.DataFrame, heldout_texts: list[str], settings: AugmentParams,
+def screen(candidates: pd.DataFrame, real_train: pd.DataFrame, heldout: HeldOut, settings: AugmentParams,
            validate: ValidateParams, canaries: list[str], perplexity: Callable[[list[str]], list[float]],
            seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(accepted candidates, rejected candidates with a `reason` column), for one expert's candidates."""
@@ -90,10 +105,7 @@ def screen(candidates: pd.DataFrame, real_train: pd.DataFrame, heldout_texts: li
     reject([row for row, found in zip(generated, near) if found], "near_training")
 
     rows = alive()
-    near = near_duplicates_of([frame.at[row, "text"] for row in rows], heldout_texts, settings.leakage_similarity, seed)
-    heldout_bags = [_bag(t) for t in heldout_texts]
-    reject([row for row, found in zip(rows, near) if found or max_rouge_l(
-        frame.at[row, "text"], heldout_texts, heldout_bags, settings.leakage_rouge_l) >= settings.leakage_rouge_l], "near_heldout")
+    reject([row for row, near in zip(rows, heldout.near([frame.at[row, "text"] for row in rows])) if near], "near_heldout")
 
     own_target = dict(zip(real_train["note_id"], real_train["target"]))
     accepted: dict[str, list[str]] = {}

@@ -38,34 +38,43 @@ def with_provenance(real: pd.DataFrame) -> pd.DataFrame:
                        source_note_id=real["note_id"])
 
 
-def base_perplexity(params: Params, root: Path, device: torch.device):
-    """A function: texts -> perplexity of each under the base model (its first augment.note_tokens tokens)."""
+def base_perplexity(params: Params, root: Path, device: torch.device | None, engine=None):
+    """A function: texts -> perplexity of each under the base model (its first augment.note_tokens tokens). The
+    base model is `engine`'s when given (the generator, when it is the base model), else loaded at the first call."""
     from tasks.base_model import load_base
     from tasks.finetune.examples import IGNORE_INDEX, TokenizedExample
     from tasks.finetune.inference import AdapterEngine, target_token_losses
 
-    tokenizer, model = load_base(params.base_model, root, device)
-    engine = AdapterEngine(model, tokenizer, precision=params.finetune.precision)
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    loaded = [engine]
 
     def perplexity(texts: list[str]) -> list[float]:
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: params.augment.note_tokens] for t in texts]
+        if loaded[0] is None:
+            tokenizer, model = load_base(params.base_model, root, device)
+            loaded[0] = AdapterEngine(model, tokenizer, precision=params.finetune.precision)
+        base = loaded[0]
+        start = base.tokenizer.bos_token_id if base.tokenizer.bos_token_id is not None else base.tokenizer.eos_token_id
+        ids = [base.tokenizer(t, add_special_tokens=False)["input_ids"][: params.augment.note_tokens] for t in texts]
         examples = [TokenizedExample([start, *i], [IGNORE_INDEX, *i]) for i in ids]
-        losses = target_token_losses(engine, [None] * len(examples), examples, params.finetune.generation_batch_size)
+        losses = target_token_losses(base, [None] * len(examples), examples, params.finetune.generation_batch_size)
         return [math.exp(loss / count) if count else math.inf for loss, count in losses]
 
     return perplexity
 
 
-def candidates_for(expert: str, train: pd.DataFrame, params: Params, generator, seed: int) -> pd.DataFrame:
+def candidates_for(expert: str, train: pd.DataFrame, sources: pd.DataFrame, params: Params, generator,
+                   seed: int) -> pd.DataFrame:
+    """The expert's candidates. Methods that keep a real note's words start from `sources` (the training notes
+    clear of every held-out note: a variant of one that is not would be rejected anyway); few-shot prompts show
+    them too, while there are enough."""
     settings, rows = params.augment, []
+    shown = sources if len(sources) >= settings.shots else train
     for method in settings.methods:
         if method == "fewshot_notes" and settings.notes_per_expert:
-            rows += methods.fewshot_notes(generator, expert, train, settings, params.finetune, seed)
-        elif method == "back_summaries":
-            rows += methods.back_summaries(generator, expert, train, settings, params.finetune, seed + 1)
+            rows += methods.fewshot_notes(generator, expert, shown, settings, params.finetune, seed)
+        elif method == "back_summaries" and len(sources):
+            rows += methods.back_summaries(generator, expert, sources, settings, params.finetune, seed + 1)
         elif method in ("section_reorder", "abbreviations"):
-            rows += methods.rule_variants(expert, train, method, seed + 2)
+            rows += methods.rule_variants(expert, sources, method, seed + 2)
     return pd.DataFrame(rows, columns=methods.CANDIDATE_COLUMNS)
 
 
@@ -90,17 +99,20 @@ def augment(params: Params, root: Path, splits: dict[str, pd.DataFrame], canarie
 
         generator = load_generator(params, root, device)
         log(f"augment: {', '.join(f'{e} ({n} notes)' for e, n in rare.items())} augmented by {generator.name}")
-    perplexity = base_perplexity(params, root, device)
-    heldout = [t for split in ("val", "test") for t in splits[split]["text"]]
+    is_base = generator is not None and generator.name == f"base:{params.base_model}"
+    perplexity = base_perplexity(params, root, device, generator.engine if is_base else None)
+    heldout = filters.HeldOut([t for split in ("val", "test") for t in splits[split]["text"]], params.augment, params.seed)
     accepted, rejected, counts = [], [], {}
     for expert in rare:
         own = splits["train"][splits["train"]["expert"] == expert]
+        sources = own[[not near for near in heldout.near(list(own["text"]))]]
         seed = params.seed + zlib.crc32(expert.encode()) % 100_000
-        candidates = candidates_for(expert, own, params, generator, seed)
+        candidates = candidates_for(expert, own, sources, params, generator, seed)
         kept, refused = filters.screen(candidates, own, heldout, params.augment, params.validate_, canaries, perplexity, seed)
         accepted.append(kept)
         rejected.append(refused.drop(columns=["text", "target", *methods.SURROGATE_COLUMNS]))
-        counts[expert] = {"real": len(own), "candidates": len(candidates), "accepted": len(kept),
+        counts[expert] = {"real": len(own), "sources_near_heldout": len(own) - len(sources),
+                          "candidates": len(candidates), "accepted": len(kept),
                           **{f"rejected_{r}": int((refused["reason"] == r).sum()) for r in filters.REASONS},
                           **{f"accepted_{m}": int((kept["method"] == m).sum()) for m in params.augment.methods}}
     synthetic = pd.concat(accepted, ignore_index=True)

@@ -20,7 +20,6 @@ before it; pseudo-negations ("no change", "not ruled out") negate nothing.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -34,6 +33,7 @@ from wordfreq import zipf_frequency
 
 from tasks.evaluate.clinical_lexicon import (COMMON_ENGLISH_ZIPF, COMMON_ENGLISH_ZIPF_DRUG, diagnosis_terms, drug_terms,
                                              is_drug_class)
+from tasks.user_cache import cache_dir, cache_key, publish
 
 KINDS = ("diagnosis", "drug", "procedure")
 
@@ -215,10 +215,8 @@ def _lexicon_cache_file() -> Path:
 
     here = Path(__file__).resolve().parent
     parts = [(here / name).read_bytes() for name in ("clinical_terms.py", "clinical_lexicon.py")]
-    parts += [version(package).encode() for package in ("simple-icd-10-cm", "drug-named-entity-recognition", "wordfreq")]
-    key = hashlib.sha1(b"\0".join(parts)).hexdigest()[:16]
-    root = Path(os.environ.get("MEDLORA_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medlora")
-    return root / f"clinical-lexicon-{key}.pickle"
+    parts += [version(package) for package in ("simple-icd-10-cm", "drug-named-entity-recognition", "wordfreq")]
+    return cache_dir() / f"clinical-lexicon-{cache_key(*parts)}.pickle"
 
 
 @cache
@@ -229,11 +227,11 @@ def _lexicon() -> _Lexicon:
     except (OSError, pickle.UnpicklingError, EOFError, TypeError):
         pass
     lexicon = _built_lexicon()
-    try:  # written whole, then renamed: a process reading at the same time sees the old file or the new one
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp")
         partial.write_bytes(pickle.dumps((lexicon.entries, lexicon.longest, lexicon.surfaces), protocol=pickle.HIGHEST_PROTOCOL))
-        partial.replace(path)
+        publish(partial, path)
     except OSError:  # a read-only home: build it in each process
         pass
     return lexicon

@@ -65,15 +65,26 @@ def lsh_index(signatures: list[MinHash], threshold: float) -> MinHashLSH:
     return index
 
 
+class NearDuplicateIndex:
+    """Reference texts indexed once, asked for the near duplicates of any number of query texts."""
+
+    def __init__(self, references: list[str], threshold: float, seed: int = 0) -> None:
+        self.threshold, self.seed = threshold, seed
+        self.signatures = minhash_signatures(references, seed)
+        self.index = lsh_index(self.signatures, threshold)
+
+    def query(self, queries: list[str]) -> list[list[int]]:
+        """For each query text, the positions of the references that duplicate it or nearly do."""
+        # The same normalised text gives the same signature: it shares every band and its estimate is 1.0.
+        return [sorted(candidate for candidate in self.index.query(query)
+                       if query.jaccard(self.signatures[candidate]) >= self.threshold)
+                for query in minhash_signatures(queries, self.seed)]
+
+
 def near_duplicates_of(queries: list[str], references: list[str], threshold: float, seed: int = 0) -> list[list[int]]:
     """For each query text, the positions in `references` of the texts that duplicate it or nearly do: the same
     normalised text, or an estimated 5-gram Jaccard similarity of at least `threshold`."""
-    reference_signatures = minhash_signatures(references, seed)
-    index = lsh_index(reference_signatures, threshold)
-    # The same normalised text gives the same signature: it shares every band and its estimate is 1.0.
-    return [sorted(candidate for candidate in index.query(query)
-                   if query.jaccard(reference_signatures[candidate]) >= threshold)
-            for query in minhash_signatures(queries, seed)]
+    return NearDuplicateIndex(references, threshold, seed).query(queries)
 
 
 class UnionFind:
