@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true",
                      help="with --preset/--set: validate and show what would change in params.yaml, then stop")
     stage = commands.add_parser("stage", help="run one stage (what dvc repro calls)")
-    from flows.pipeline import STAGE_FLOWS
+    from flows.pipeline import STAGES
 
-    stage.add_argument("name", choices=list(STAGE_FLOWS))
+    stage.add_argument("name", choices=STAGES)
     add_deid_commands(commands)
     predict = commands.add_parser("predict", help="batch inference with a registered expert")
     predict.add_argument("--model", required=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 
@@ -12,40 +13,28 @@ from prefect.states import Completed
 from rich.console import Console
 from rich.table import Table
 
-from flows.augment import augment_flow
-from flows.corpus import corpus_flow
-from flows.deidentify import deidentify_flow
-from flows.drift import ATTENTION, drift_flow
-from flows.evaluate import evaluate_flow
-from flows.finetune import finetune_flow
-from flows.ingest import ingest_flow
-from flows.prepare_base import prepare_base_flow
-from flows.register import register_flow
-from flows.route import route_flow
-from flows.validate import validate_flow
-from tasks.drift.summary import read_summary
+from tasks.drift.summary import ATTENTION, read_summary
 from tasks.params import load_params
 from tasks.run_lock import project_lock
 from tasks.stages import StageReport, push_outputs, record_stage, stale_stages
 
-STAGE_FLOWS = {
-    "corpus": corpus_flow,
-    "prepare_base": prepare_base_flow,
-    "ingest": ingest_flow,
-    "deidentify": deidentify_flow,
-    "validate": validate_flow,
-    "drift": drift_flow,
-    "augment": augment_flow,
-    "finetune": finetune_flow,
-    "register": register_flow,
-    "route": route_flow,
-    "evaluate": evaluate_flow,
-}
+# Every stage, in pipeline order: flows/<stage>.py defines <stage>_flow.
+STAGES = ("corpus", "prepare_base", "ingest", "deidentify", "validate", "drift", "augment", "finetune", "register",
+          "route", "evaluate")
+
+
+def stage_flow(name: str):
+    """The flow of stage `name`, imported when asked for: the stage modules import torch, spaCy, Presidio, Great
+    Expectations and Evidently (about 20 s for all), which one stage (`dvc repro` runs `medlora stage NAME`) or
+    another CLI command need not load."""
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}: one of {', '.join(STAGES)}")
+    return getattr(importlib.import_module(f"flows.{name}"), f"{name}_flow")
 
 
 def run_stage(name: str, root: str | Path = ".") -> StageReport:
     """Run one stage's flow (what `dvc repro` calls through `medlora stage NAME`)."""
-    return STAGE_FLOWS[name](root=str(root))
+    return stage_flow(name)(root=str(root))
 
 
 @flow(name="medlora-pipeline", persist_result=False)
@@ -70,7 +59,7 @@ def final_state(project: Path, reports: list[StageReport], logger):
 
 
 def run_stages(project: Path, params, force: bool, logger) -> list[StageReport]:
-    stages = [s for s in STAGE_FLOWS if s != "corpus" or params.uses_sample_corpus()]
+    stages = [s for s in STAGES if s != "corpus" or params.uses_sample_corpus()]
     reports = []
     for stage in stages:
         # Ask DVC after each stage: an upstream stage that ran may have changed this one's deps.

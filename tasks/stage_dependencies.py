@@ -159,9 +159,9 @@ def suggested_deps(stage: str, root: Path) -> list[str]:
 
 
 def pipeline_stage_names(root: Path, pipeline: str = "flows/pipeline.py") -> list[str]:
-    """The keys of `STAGE_FLOWS` in flows/pipeline.py, in pipeline order, read without importing Prefect."""
+    """`STAGES` in flows/pipeline.py, in pipeline order, read without importing Prefect."""
     for node in ast.walk(ast.parse((root / pipeline).read_text())):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == "STAGE_FLOWS" for t in targets) and isinstance(node.value, ast.Dict):
-            return [key.value for key in node.value.keys if isinstance(key, ast.Constant)]
-    raise ValueError(f"{root / pipeline}: no `STAGE_FLOWS = {{...}}` dict found; the stage list is read from it")
+        if any(isinstance(t, ast.Name) and t.id == "STAGES" for t in targets) and isinstance(node.value, ast.Tuple):
+            return [item.value for item in node.value.elts if isinstance(item, ast.Constant)]
+    raise ValueError(f"{root / pipeline}: no `STAGES = (...)` tuple found; the stage list is read from it")

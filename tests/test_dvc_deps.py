@@ -77,7 +77,7 @@ def test_a_directory_covers_its_files_but_not_a_sibling_with_the_same_prefix():
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_pipeline_stage_is_a_dvc_stage_run_by_medlora(stage):
     stages = yaml_stages()
-    assert stage in stages, f"flows/pipeline.py STAGE_FLOWS has {stage!r} but dvc.yaml has no such stage"
+    assert stage in stages, f"flows/pipeline.py STAGES has {stage!r} but dvc.yaml has no such stage"
     assert stages[stage]["cmd"] == f"medlora stage {stage}"
 
 

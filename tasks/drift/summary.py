@@ -11,6 +11,7 @@ SUMMARY_FILE = "summary.json"
 HTML_FILE = "report.html"
 
 DRIFTED, NOT_DRIFTED, NO_REFERENCE = "drift", "no drift", "no reference"
+ATTENTION = "Attention"  # the name of a Completed state when drift blocks promotion (drift and pipeline runs)
 
 
 @dataclass
