@@ -40,8 +40,7 @@ from peft import PeftModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.finetune import ADAPTERS_DIR  # noqa: E402
-from flows.validate import VALIDATED_DIR  # noqa: E402
+from tasks.layout import ADAPTERS_DIR, VALIDATED_DIR  # noqa: E402
 from tasks.base_model import load_base  # noqa: E402
 from tasks.evaluate.metrics import rouge_l  # noqa: E402
 from tasks.finetune.examples import Request, tokenize_example  # noqa: E402

@@ -28,8 +28,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.finetune import ADAPTERS_DIR  # noqa: E402
-from flows.validate import VALIDATED_DIR  # noqa: E402
+from tasks.layout import ADAPTERS_DIR, VALIDATED_DIR  # noqa: E402
 from tasks.evaluate.metrics import accuracy, macro_f1, rouge_l  # noqa: E402
 from tasks.base_model import load_base, pick_device  # noqa: E402
 from tasks.finetune.examples import ANSWERS, Request, answer_of  # noqa: E402

@@ -32,8 +32,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.finetune import ADAPTERS_DIR  # noqa: E402
-from flows.validate import VALIDATED_DIR  # noqa: E402
+from tasks.layout import ADAPTERS_DIR, VALIDATED_DIR  # noqa: E402
 from tasks.finetune.examples import Request  # noqa: E402
 from tasks.params import load_params  # noqa: E402
 from tasks.route.features import RequestFeatures  # noqa: E402

@@ -42,8 +42,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.finetune import ADAPTERS_DIR  # noqa: E402
-from flows.validate import VALIDATED_DIR  # noqa: E402
+from tasks.layout import ADAPTERS_DIR, VALIDATED_DIR  # noqa: E402
 from tasks.base_model import load_base  # noqa: E402
 from tasks.finetune.examples import Request, prompt_ids  # noqa: E402
 from tasks.finetune.precision import autocast, resolve_precision  # noqa: E402

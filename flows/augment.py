@@ -13,14 +13,13 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.ingest import GX_DIR
 from flows.stage_runtime import stage_run
-from flows.validate import VALIDATED_DIR
 from tasks.augment.filters import REASONS
 from tasks.augment.methods import PROVENANCE_COLUMNS
 from tasks.augment.stage import AugmentResult, augment
 from tasks.base_model import pick_device
-from tasks.finetune.expert_data import AUGMENTED_DIR, REAL_ORIGIN
+from tasks.finetune.expert_data import REAL_ORIGIN
+from tasks.layout import AUGMENTED_DIR, GX_DIR, VALIDATED_DIR
 from tasks.tracking import configure_tracking
 from tasks.validate.gate import read_canaries
 from tasks.validate.suite import ValidationGateError, gate_failure_message, run_augmented_suite

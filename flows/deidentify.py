@@ -6,12 +6,10 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, task
 
-from flows.ingest import INGESTED_DIR
 from flows.stage_runtime import stage_run
 from tasks.deidentify.engine import deidentify_notes, require_token_model
 from tasks.deidentify.surrogates import load_or_create_key
-
-DEID_DIR = Path("data/deid")
+from tasks.layout import DEID_DIR, INGESTED_DIR
 
 
 @task(persist_result=False)

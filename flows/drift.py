@@ -19,10 +19,10 @@ from tasks.drift.reference import (DRIFT_STAGE, RUN_DATA_VERSION_TAG, STAGE_TAG,
                                    reference_features)
 from tasks.drift.report import compare, save_html
 from tasks.drift.summary import ATTENTION, DRIFT_DIR, HTML_FILE, SUMMARY_FILE, DriftSummary
+from tasks.layout import VALIDATED_DIR
 from tasks.tracking import configure_tracking
 from tasks.versioning import dvc_data_version
 
-VALIDATED_DIR = Path("data/validated")  # what flows/validate.py writes (not imported: that loads Great Expectations)
 SPLITS = ("train", "val", "test")
 
 

@@ -17,11 +17,11 @@ from prefect.input import RunInput
 
 from flows.promote import promote_flow
 from flows.stage_runtime import stage_run
-from flows.validate import VALIDATED_DIR
 from tasks.evaluate.evaluation import held_out_items
 from tasks.finetune.inference import InferenceCache
 from tasks.evaluate.stage import (EVALUATION_DIR, EVALUATION_FILE, base_engine_factory, candidate_refs,
                                   evaluate_candidates, queue_items)
+from tasks.layout import VALIDATED_DIR
 from tasks.params import MULTITASK_EXPERT
 from tasks.promote.gate import CHAMPION, alias_version
 from tasks.register.registry import registered_name

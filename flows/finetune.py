@@ -21,18 +21,16 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.stage_runtime import stage_run
-from flows.validate import VALIDATED_DIR
 from tasks.base_model import load_base, pick_device
 from tasks.finetune.examples import Request, answer_of
 from tasks.evaluate.metrics import rouge_l
-from tasks.finetune.expert_data import AUGMENTED_DIR, expert_records, provenance_summary, real_only, synthetic_rows
+from tasks.finetune.expert_data import expert_records, provenance_summary, real_only, synthetic_rows
 from tasks.finetune.inference import answer_probabilities, best_answer, generate
 from tasks.finetune.train import train_expert_adapter, write_report
+from tasks.layout import ADAPTERS_DIR, AUGMENTED_DIR, VALIDATED_DIR
 from tasks.params import MULTITASK_EXPERT, Params, ScaleOutParams, load_params
 from tasks.run_lock import project_lock
 from tasks.stages import StageReport, record_stage
-
-ADAPTERS_DIR = Path("models/adapters")
 
 
 @task(persist_result=False)

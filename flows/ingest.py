@@ -6,10 +6,8 @@ from prefect import flow, get_run_logger, task
 
 from flows.stage_runtime import stage_run
 from tasks.ingest.read_notes import ingest_notes
+from tasks.layout import GX_DIR, INGESTED_DIR
 from tasks.validate.suite import ValidationGateError, run_raw_suite
-
-INGESTED_DIR = Path("data/raw/ingested")
-GX_DIR = Path("gx")
 
 
 @task(persist_result=False)

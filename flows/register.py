@@ -5,10 +5,10 @@ import json
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from flows.finetune import ADAPTERS_DIR
 from flows.stage_runtime import stage_run
 from tasks.base_model import resolve_base_model
 from tasks.finetune.train import TRAINING_REPORT
+from tasks.layout import ADAPTERS_DIR
 from tasks.register.registry import register_expert
 from tasks.tracking import configure_tracking
 from tasks.stages import REPORTS_DIR

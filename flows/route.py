@@ -9,11 +9,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.finetune import ADAPTERS_DIR
 from flows.stage_runtime import stage_run
-from flows.validate import VALIDATED_DIR
 from tasks.base_model import resolve_base_model
 from tasks.finetune.inference import InferenceCache
+from tasks.layout import ADAPTERS_DIR, VALIDATED_DIR
 from tasks.register.bundle_registry import register_bundle
 from tasks.register.registry import register_composed_expert
 from tasks.route.evaluate import plot_confusion, plot_downstream, plot_utilisation

@@ -11,15 +11,11 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-from flows.deidentify import DEID_DIR
-from flows.ingest import GX_DIR
 from flows.stage_runtime import stage_run
+from tasks.layout import DEID_DIR, GX_DIR, QUARANTINE_DIR, VALIDATED_DIR
 from tasks.tracking import configure_tracking
 from tasks.validate.gate import GateResult, read_canaries, run_gate
 from tasks.validate.suite import ValidationGateError
-
-VALIDATED_DIR = Path("data/validated")
-QUARANTINE_DIR = Path("data/quarantine")
 
 
 def log_gate_run(root: Path, params, result: GateResult) -> str:

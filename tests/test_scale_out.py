@@ -41,7 +41,8 @@ def adapter_tensors(adapters: Path) -> dict[str, dict]:
 def test_dask_local_cluster_of_two_workers_trains_the_same_adapters_as_sequential_training(validated_project):
     import torch
 
-    from flows.finetune import ADAPTERS_DIR, finetune_flow
+    from flows.finetune import finetune_flow
+    from tasks.layout import ADAPTERS_DIR
 
     project = validated_project
     experts = load_params(project).trained_experts()
@@ -73,7 +74,8 @@ def test_dask_local_cluster_of_two_workers_trains_the_same_adapters_as_sequentia
 
 
 def test_retrain_flow_names_the_valid_experts_for_an_unknown_one_and_retrains_a_known_one(validated_project):
-    from flows.finetune import ADAPTERS_DIR, retrain_expert_flow
+    from flows.finetune import retrain_expert_flow
+    from tasks.layout import ADAPTERS_DIR
 
     project = validated_project
     with pytest.raises(ValueError) as error:

@@ -18,7 +18,6 @@ from tasks.params import MULTITASK_EXPERT, Params
 Pairs = list[tuple[Request, str]]
 
 
-AUGMENTED_DIR = Path("data/augmented")  # the augment stage's training set: train.parquet
 REAL_ORIGIN = "real"  # the augment stage's provenance: real notes, or synthetic examples for rare experts
 
 
