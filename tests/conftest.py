@@ -65,6 +65,15 @@ def _venv_env() -> dict:
     return env
 
 
+def project_mlflow(project: Path):
+    """An MlflowClient on a project's own SQLite store, registry included (an earlier test's set_registry_uri would
+    otherwise send the registry calls elsewhere)."""
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{project / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=store, registry_uri=store)
+
+
 @pytest.fixture
 def tiny_project(tmp_path):
     return make_project(tmp_path)

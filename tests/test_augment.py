@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from tasks.augment.filters import REASONS, HeldOut, max_rouge_l, screen
 from tasks.augment.methods import PROVENANCE_COLUMNS, reordered_sections, swapped_abbreviations
 from tasks.params import load_params
 from tasks.validate.duplicates import near_duplicates_of
+from tests.conftest import project_mlflow
 
 
 def _augmented(project) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def test_rare_experts_get_synthetic_examples_whose_provenance_reaches_training_a
     rejected = pd.read_parquet(project / "data" / "augmented" / "rejected.parquet")
     assert "text" not in rejected and "target" not in rejected and set(rejected["reason"]) <= set(REASONS)
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     experiments = [e.experiment_id for e in client.search_experiments()]
     [run] = client.search_runs(experiments, "tags.`medlora.stage` = 'augment'")
     assert run.data.params["generator"] == "base:tiny-random" and run.data.metrics["synthetic_examples"] == len(synthetic)

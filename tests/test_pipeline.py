@@ -6,11 +6,11 @@ import re
 import pandas as pd
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from flows.pipeline import pipeline_flow
 from tasks.corpus.generate import read_gold_spans
 from tasks.params import load_params
+from tests.conftest import project_mlflow
 
 
 
@@ -26,7 +26,7 @@ def test_every_stage_ran_then_was_reused(finished_project):
 def test_one_registered_model_per_expert_tagged_with_commit_and_data_version(finished_project):
     project, _, _ = finished_project
     params = load_params(project)
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     data_version = next(o["md5"] for o in lock["stages"]["validate"]["outs"] if o["path"] == "data/validated")
     assert params.trained_experts() == ["multitask", *params.experts, "pubmedqa"]
@@ -97,7 +97,7 @@ def test_validate_logs_counts_and_data_docs_to_mlflow_and_prefect(finished_proje
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     project, first, _ = finished_project
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`medlora.stage` = 'validate'")
     assert len(runs) == 1
     metrics, docs = runs[0].data.metrics, runs[0].data.tags["medlora.data_docs"]
@@ -112,7 +112,7 @@ def test_validate_logs_counts_and_data_docs_to_mlflow_and_prefect(finished_proje
 
 def test_each_expert_run_logs_training_figures_the_loss_curve_and_the_peft_adapter(finished_project):
     project, _, _ = finished_project
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`medlora.stage` = 'finetune'")
     by_expert = {run.data.tags["medlora.expert"]: run for run in runs}
     assert set(by_expert) == set(load_params(project).trained_experts())
@@ -171,7 +171,7 @@ def test_route_stage_registers_the_router_with_its_evaluation_beside_the_experts
     assert sum(notes["utilisation"]["share"].values()) == pytest.approx(1.0, abs=1e-3)
     assert len(evaluation["training"]["val_accuracy_per_epoch"]) > 0
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     version = client.search_model_versions("name='medlora-bundle'")
     assert len(version) == 1
     experts = json.loads(version[0].tags["experts"])
@@ -263,7 +263,7 @@ def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_
     evaluate_report = next(r for r in first if r.stage == "evaluate")
     assert evaluate_report.records_out == sum(row["items"] for row in summary.values())
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     run = client.get_run(client.get_model_version("medlora-bundle", router["version"]).tags["evaluation_run"])
     assert run.data.metrics[f"{router['key']}/perplexity"] == router["metrics"]["perplexity"]
     tables = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -278,7 +278,7 @@ def test_after_review_through_the_cli_the_gate_promotes_and_the_champion_alias_r
     project, _, _ = finished_project
     root = ["--root", str(project)]
     assert main([*root, "promote"]) == 0  # nothing reviewed yet: every candidate is kept out
-    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = project_mlflow(project)
     assert not client.get_registered_model("medlora-bundle").aliases
     assert main([*root, "review", "add-reviewer", "alice", "--password", "correct horse"]) == 0
     assert main([*root, "review", "list", "--pending"]) == 0

@@ -17,11 +17,10 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from tasks.finetune.examples import Request
 from tasks.params import apply_overrides, load_params
-from tests.conftest import _venv_env
+from tests.conftest import _venv_env, project_mlflow
 
 BUNDLE = "medlora-bundle"
 NOTE = "Chest pain and dyspnea on exertion; echo ordered. Plan: stress test."
@@ -49,10 +48,6 @@ def _wait_until(url: str, timeout: float = 180, process: subprocess.Popen | None
     raise TimeoutError(url)
 
 
-def _client(project: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}", registry_uri=f"sqlite:///{project / 'mlflow.db'}")
-
-
 def _use_registry(project: Path) -> None:
     """Tracking and registry both (a registry URI set by an earlier test's project would stay otherwise)."""
     import mlflow
@@ -65,7 +60,7 @@ def _use_registry(project: Path) -> None:
 def server(finished_project, tmp_path_factory):
     """`medlora serve` on the champion bundle, reloading every second; its log is kept for the PHI check."""
     project, _, _ = finished_project
-    client = _client(project)
+    client = project_mlflow(project)
     first = min(client.search_model_versions(f"name='{BUNDLE}'"), key=lambda v: int(v.version))
     client.set_registered_model_alias(BUNDLE, "champion", first.version)
     apply_overrides(project, merge={"serve": {"reload_interval_s": 1, "batch_window_ms": 50}})
@@ -243,7 +238,7 @@ def test_a_mixed_batch_answers_as_each_request_alone(finished_project):
 
 def test_promotion_during_a_stream_of_requests_switches_versions_without_a_failure(server):
     url, project, _, first = server
-    client = _client(project)
+    client = project_mlflow(project)
     original = client.get_model_version(BUNDLE, first)
     second = str(client.create_model_version(BUNDLE, original.source, original.run_id).version)
     statuses, versions = [], []

@@ -3,6 +3,7 @@ the training set the finetune stage reads (real training notes plus the accepted
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -45,13 +46,15 @@ def base_perplexity(params: Params, root: Path, device: torch.device | None, eng
     from tasks.finetune.examples import IGNORE_INDEX, TokenizedExample
     from tasks.finetune.inference import AdapterEngine, target_token_losses
 
-    loaded = [engine]
+    @functools.cache
+    def base_engine():
+        if engine is not None:
+            return engine
+        tokenizer, model = load_base(params.base_model, root, device)
+        return AdapterEngine(model, tokenizer, precision=params.finetune.precision)
 
     def perplexity(texts: list[str]) -> list[float]:
-        if loaded[0] is None:
-            tokenizer, model = load_base(params.base_model, root, device)
-            loaded[0] = AdapterEngine(model, tokenizer, precision=params.finetune.precision)
-        base = loaded[0]
+        base = base_engine()
         start = base.tokenizer.bos_token_id if base.tokenizer.bos_token_id is not None else base.tokenizer.eos_token_id
         ids = [base.tokenizer(t, add_special_tokens=False)["input_ids"][: params.augment.note_tokens] for t in texts]
         examples = [TokenizedExample([start, *i], [IGNORE_INDEX, *i]) for i in ids]
