@@ -20,7 +20,7 @@ from tasks.stages import StageReport, push_outputs, record_stage, stale_stages
 
 # Every stage, in pipeline order: flows/<stage>.py defines <stage>_flow.
 STAGES = ("corpus", "prepare_base", "ingest", "deidentify", "validate", "drift", "augment", "finetune", "register",
-          "route", "evaluate")
+          "route", "distil", "evaluate")
 
 
 def stage_flow(name: str):

@@ -303,6 +303,45 @@ class AugmentParams(Strict):
     keep: Literal["auto", "always", "never"] = "auto"     # auto: an expert keeps augmentation where it wins on validation
 
 
+class DistilLossWeights(Strict):
+    hard: float = Field(0.5, ge=0)        # cross-entropy on the teacher's own generations for training prompts
+    soft: float = Field(1.0, ge=0)        # divergence from the teacher's distribution (cached top-k) on the gold targets
+    supervised: float = Field(0.5, ge=0)  # cross-entropy on the gold targets
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistilLossWeights:
+        if not (self.hard or self.soft or self.supervised):
+            raise ValueError("distil.loss_weights: at least one of hard, soft and supervised must be above 0")
+        return self
+
+
+class DistilParams(Strict):
+    """The distil stage (flows/distil.py): the routed bundle compressed into one smaller student."""
+
+    enabled: bool = True
+    # pruned: a copy of the base model with `keep_layers` of its decoder layers; or a causal LM (HF id or path)
+    # with the base model's tokenizer
+    student: str = "pruned"
+    keep_layers: float | list[int] = 0.5      # a share of the base's layers (0 < x < 1), a count (>= 1), or layer indices
+    layer_choice: Literal["influence", "even"] = "influence"   # influence: ShortGPT's block influence; even: evenly spaced
+    merge: Literal["auto", "none", "multitask", "uniform"] = "auto"  # adapter mix merged into the student's start
+    examples: int = Field(128, ge=0)          # gold training examples distilled on (0: all)
+    hard_prompts: int = Field(32, ge=0)       # training prompts the teacher answers for the hard loss
+    loss_weights: DistilLossWeights = DistilLossWeights()
+    divergence: Literal["kl", "jsd"] = "kl"   # kl: forward KL(teacher || student); jsd: Jensen-Shannon
+    temperature: float = Field(2.0, gt=0)
+    top_k: int = Field(32, ge=1)              # teacher logits kept per target token (cached once, data/cache/)
+    max_steps: int = Field(20, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(2, ge=0)
+    eval_every: int = Field(10, ge=0)         # validation loss (gold targets) every this many steps; the best is kept
+    train_embeddings: bool = False            # the (tied) embeddings are the largest matrix; frozen by default
+    baseline: bool = True                     # also a supervised-only student of the same size, the comparison
+    speed_requests: int = Field(8, ge=1)      # tokens/s measured on this many held-out prompts in one batch ...
+    speed_tokens: int = Field(32, ge=1)       # ... each generating this many tokens
+
+
 class DriftParams(Strict):
     """The drift check (flows/drift.py) and what of it the promotion gate enforces."""
 
@@ -361,6 +400,7 @@ class Params(Strict):
     review: ReviewParams = ReviewParams()
     promote: PromoteParams = PromoteParams()
     augment: AugmentParams = AugmentParams()
+    distil: DistilParams = DistilParams()
     drift: DriftParams = DriftParams()
     serve: ServeParams = ServeParams()
     tracking: TrackingParams = TrackingParams()

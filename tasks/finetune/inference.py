@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -29,7 +30,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from tasks.finetune.examples import ANSWERS, Request, TokenizedExample, answer_token_ids, prompt_ids
 from tasks.finetune.precision import autocast, resolve_precision
-from tasks.finetune.train import collate, target_losses
+from tasks.finetune.train import collate, target_logits, target_losses
 
 BatchContext = Callable[[list[int]], AbstractContextManager]
 CACHE_FILE = Path("data/cache/inference.sqlite")
@@ -117,16 +118,29 @@ class InferenceCache:
     """Inference results (JSON) in a SQLite file, keyed by what decides them: the kind of result, the
     weights that answer, the precision, the budget and the tokens in."""
 
+    FILE = CACHE_FILE
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(self.path)
-        self._connection.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._connection.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value NOT NULL)")
         self.hits = self.misses = 0
 
     @classmethod
-    def for_project(cls, root: Path) -> InferenceCache:
-        return cls(Path(root) / CACHE_FILE)
+    def for_project(cls, root: Path):
+        return cls(Path(root) / cls.FILE)
+
+    @staticmethod
+    def encode(value: dict):
+        return json.dumps(value)
+
+    @staticmethod
+    def decode(stored) -> dict:
+        return json.loads(stored)
+
+    def stored_bytes(self) -> int:
+        return int(self._connection.execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM results").fetchone()[0])
 
     @staticmethod
     def key(*parts) -> str:
@@ -139,7 +153,7 @@ class InferenceCache:
             chunk = unique[start : start + 500]
             rows = self._connection.execute(
                 f"SELECT key, value FROM results WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()
-            found |= {k: json.loads(v) for k, v in rows}
+            found |= {k: self.decode(v) for k, v in rows}
         self.hits += sum(k in found for k in keys)
         self.misses += sum(k not in found for k in keys)
         return found
@@ -147,7 +161,7 @@ class InferenceCache:
     def put_many(self, items: dict[str, dict]) -> None:
         with self._connection:
             self._connection.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)",
-                                         [(k, json.dumps(v)) for k, v in items.items()])
+                                         [(k, self.encode(v)) for k, v in items.items()])
 
 
 def _batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
@@ -473,6 +487,56 @@ def target_token_losses(engine: Engine, requests: Sequence[Request], examples: S
     found = _cached(cache, plan, lambda i, who: InferenceCache.key(
         "loss", who, precision, examples[i].input_ids, examples[i].labels, examples[i].answer_weight), len(examples), compute)
     return [(result["loss"], result["tokens"]) for result in found]
+
+
+class TopKCache(InferenceCache):
+    """A teacher's top-k logits per example (`target_top_k`), as raw arrays: int32 token ids and float16 logits,
+    (target tokens, k) each, about 6 bytes per kept logit."""
+
+    FILE = Path("data/cache/teacher_top_k.sqlite")
+
+    @staticmethod
+    def encode(value: dict) -> bytes:
+        indices, values = np.asarray(value["indices"], dtype=np.int32), np.asarray(value["values"], dtype=np.float16)
+        return np.array(indices.shape, dtype=np.int32).tobytes() + indices.tobytes() + values.tobytes()
+
+    @staticmethod
+    def decode(stored: bytes) -> dict:
+        rows, k = np.frombuffer(stored[:8], dtype=np.int32)
+        size = int(rows) * int(k)
+        indices = np.frombuffer(stored[8 : 8 + 4 * size], dtype=np.int32).reshape(rows, k)
+        values = np.frombuffer(stored[8 + 4 * size :], dtype=np.float16).reshape(rows, k)
+        return {"indices": indices, "values": values}
+
+
+def target_top_k(engine: Engine, requests: Sequence[Request], examples: Sequence[TokenizedExample], k: int,
+                 batch_size: int = 8, cache: TopKCache | None = None, plan: Plan | None = None,
+                 progress: bool = False) -> list[dict]:
+    """Per example: the engine's k largest next-token logits at each of its target tokens, in order, as
+    {"indices": int32 (targets, k), "values": float16 (targets, k)}: computed once per weights and tokens,
+    then read from `cache` (soft targets of distillation, re-used by every epoch and every student)."""
+    plan = plan or engine.plan(requests)
+    sequences = [e.input_ids for e in examples]
+
+    def compute(rows: list[int]) -> dict[int, dict]:
+        results: dict[int, dict] = {}
+        with _running(engine) as (device, _), tqdm(total=len(rows), desc="teacher top-k", unit="example",
+                                                   disable=not progress) as bar:
+            for chunk in _batches(_sorted_by_length(sequences, rows), batch_size):
+                batch = collate([examples[i] for i in chunk], engine.tokenizer.pad_token_id, device)
+                with plan.context(list(chunk)) if plan.context else nullcontext():
+                    logits, positions = target_logits(engine.model, batch)
+                top = logits.float().topk(min(k, logits.shape[-1]), dim=-1)
+                counts = positions.sum(1).tolist()
+                for index, values, indices in zip(chunk, top.values.split(counts), top.indices.split(counts)):
+                    results[index] = {"indices": indices.to(torch.int32).cpu().numpy(),
+                                      "values": values.to(torch.float16).cpu().numpy()}
+                bar.update(len(chunk))
+        return results
+
+    precision = _precision(engine)
+    return _cached(cache, plan, lambda i, who: InferenceCache.key("top_k", who, precision, k, examples[i].input_ids,
+                                                                  examples[i].labels), len(examples), compute)
 
 
 def pooled_hidden_states(decoder, tokenizer, requests: Sequence[Request], note_tokens: int, question_tokens: int,

@@ -102,14 +102,19 @@ def collate(batch: list[TokenizedExample], pad_id: int, device: torch.device) ->
             "attention_mask": None if bool(mask.all()) else mask.to(device)}
 
 
-def target_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per row, the weighted sum of the next-token losses of its target tokens; the LM head runs only
-    where a loss is needed."""
+def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token logits at every target token of the batch, (targets, vocab) in row-major order, and where
+    they are: (rows, width - 1) True at each position that predicts a target token. The LM head runs only there."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    positions = batch["labels"][:, 1:] != IGNORE_INDEX
+    return causal_lm.lm_head(hidden[:, :-1][positions]), positions
+
+
+def target_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row, the weighted sum of the next-token losses of its target tokens."""
+    logits, positions = target_logits(model, batch)
     next_labels = batch["labels"][:, 1:]
-    positions = next_labels != IGNORE_INDEX
-    logits = causal_lm.lm_head(hidden[:, :-1][positions])
     losses = F.cross_entropy(logits.float(), next_labels[positions], reduction="none") * batch["loss_weights"][:, 1:][positions]
     rows = positions.nonzero()[:, 0]
     return torch.zeros(len(next_labels), device=losses.device, dtype=losses.dtype).index_add(0, rows, losses)

@@ -15,6 +15,17 @@ def bundle_name(params: Params) -> str:
     return f"{params.tracking.model_prefix}-bundle"
 
 
+def served_budgets(params: Params, experts: list[str]) -> dict[str, int]:
+    """Prompt cuts as the experts were trained (questions with the first task expert's), the new tokens a request gets
+    by default (the most any expert was trained to write) and the most it may ask for."""
+    from tasks.route.requests import feature_settings
+
+    settings = feature_settings(params)
+    return {"note_tokens": settings["note_tokens"], "question_tokens": settings["question_tokens"],
+            "max_new_tokens": max(params.finetune.for_expert(e).max_target_tokens for e in experts),
+            "max_new_tokens_limit": params.serve.max_new_tokens_limit}
+
+
 def _flat_metrics(evaluation: dict) -> dict[str, float]:
     metrics = {f"layer_val_accuracy_{layer}": score
                for layer, score in ((evaluation.get("layer_selection") or {}).get("val_accuracy") or {}).items()}
@@ -39,7 +50,6 @@ def register_bundle(root: Path, router_dir: Path, adapter_dirs: dict[str, Path],
     and the served bundle (tasks/serve/bundle.py: code, base model, router, every expert, safety
     thresholds, budgets), registered as `<prefix>-bundle` and tagged with the registered versions of the
     experts it was trained with."""
-    from tasks.route.requests import feature_settings
     from tasks.serve.bundle import log_bundle_model
 
     experts = evaluation["experts"]
@@ -64,11 +74,8 @@ def register_bundle(root: Path, router_dir: Path, adapter_dirs: dict[str, Path],
         mlflow.log_dict(evaluation, "evaluation.json")
         for plot in plots:
             mlflow.log_artifact(str(plot), artifact_path="plots")
-        settings = feature_settings(params)
         served = list(experts) + [e for e in adapter_dirs if e not in experts]
-        budgets = {"note_tokens": settings["note_tokens"], "question_tokens": settings["question_tokens"],
-                   "max_new_tokens": max(params.finetune.for_expert(e).max_target_tokens for e in served),
-                   "max_new_tokens_limit": params.serve.max_new_tokens_limit}
+        budgets = served_budgets(params, served)
         info = log_bundle_model(root, router_dir, {e: adapter_dirs[e] for e in served}, params.base_model, base_model_location,
                                 evaluation["base_fingerprint"], budgets, params.finetune.generation_batch_size,
                                 params.finetune.precision, evaluation["safety"], params.serve.base_artifact_max_mb, name)

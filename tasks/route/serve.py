@@ -39,6 +39,15 @@ class RoutedSystem:
     def model(self):
         return self.mixture.model
 
+    @property
+    def experts(self) -> list[str]:
+        """Every expert a request may name: the routed ones, then any other served by name."""
+        return list(self.mixture.names)
+
+    def mixed(self, weights: torch.Tensor, rows: int):
+        """The context in which a batch of `rows` runs with each row's mix of experts."""
+        return self.mixture.mixed(weights, rows)
+
     def plan(self, requests: list[Request]) -> Plan:
         """Routes every request once; each batch then runs with its rows' mixes (what evaluation scores)."""
         return self.mixture.engine(self.tokenizer, self._weights(self.route(list(requests)))).plan(requests)

