@@ -16,7 +16,8 @@ from tests.conftest import project_mlflow
 
 def test_every_stage_ran_then_was_reused(finished_project):
     _, first, second = finished_project
-    stages = ["corpus", "prepare_base", "ingest", "deidentify", "validate", "drift", "augment", "finetune", "register", "route", "evaluate"]
+    stages = ["corpus", "prepare_base", "ingest", "deidentify", "validate", "drift", "augment", "finetune", "register", "route", "distil",
+              "evaluate"]
     assert [r.stage for r in first] == stages and not any(r.reused for r in first)
     assert [r.stage for r in second] == stages and all(r.reused for r in second)
     ingest = next(r for r in first if r.stage == "ingest")
@@ -231,6 +232,33 @@ def test_registered_bundle_answers_with_its_mixture_and_flags_bad_rows(finished_
     assert answers.loc[0, "needs_review"] == bool(json.loads(answers.loc[0, "flags"]))
     assert answers.loc[3, "error"].startswith("input row 3: model 'no-such-expert' is not served")
     assert answers.loc[4, "error"].startswith("input row 4: a record needs")
+
+
+def test_distil_stage_registers_a_smaller_student_scored_beside_its_teacher_and_evaluated_as_a_candidate(finished_project):
+    project, first, _ = finished_project
+    report = next(r for r in first if r.stage == "distil")
+    distillation = json.loads((project / "models" / "student" / "distillation.json").read_text())
+    rows = {row["system"]: row for row in distillation["held_out"]}
+    assert list(rows) == ["student", "supervised-only student", "teacher (routed bundle)", "base model"]
+    assert all({"perplexity", "accuracy", "tokens_per_s", "parameters", "peak_memory_mb"} <= set(row) for row in rows.values())
+    assert rows["student"]["parameters"] == rows["supervised-only student"]["parameters"] < rows["base model"]["parameters"]
+    assert distillation["how"]["kept_layers"] in ([0], [1]) and distillation["how"]["depth"] == 2
+    cache = distillation["cache"]
+    assert cache["bytes"] == cache["tokens"] * cache["top_k"] * 6 > 0  # int32 id and float16 logit per kept logit
+    assert [t["name"] for t in distillation["trainings"]] == ["student", "supervised-only student"]
+    assert distillation["trainings"][1]["examples"]["teacher"] == 0 < distillation["trainings"][0]["examples"]["teacher"]
+
+    client = project_mlflow(project)
+    version = client.get_model_version("medlora-student", report.metrics["student_version"])
+    assert {"git_commit", "dvc_data_version", "kept_layers"} <= set(version.tags)
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["student/tokens_per_s"] == rows["student"]["tokens_per_s"]
+    assert run.data.params["distil_top_k"] == str(cache["top_k"])
+    assert {"held_out.json", "distillation.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    evaluation = json.loads((project / "reports" / "evaluation" / "evaluation.json").read_text())
+    student = next(c for c in evaluation["candidates"] if c["model"] == "medlora-student")
+    assert student["scope"] == "all" and student["metrics"]["perplexity"] == rows["student"]["perplexity"]
 
 
 def test_evaluate_stage_scores_every_candidate_beside_the_base_model_and_queues_outputs_for_review(finished_project):

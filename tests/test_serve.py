@@ -211,6 +211,30 @@ def test_a_full_queue_is_refused_with_429(finished_project):
     assert response.json()["error"]["type"] == "rate_limit_error"
 
 
+def test_the_student_is_served_by_the_same_server_as_one_model_without_a_router(finished_project):
+    from fastapi.testclient import TestClient
+
+    from tasks.serve.server import build_server
+
+    project, _, _ = finished_project
+    _use_registry(project)
+    with TestClient(build_server(load_params(project), "models:/medlora-student/1")) as client:
+        deadline = time.time() + 120
+        while client.get("/ready").status_code != 200 and time.time() < deadline:
+            time.sleep(0.2)
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["auto"]
+        response = client.post("/v1/chat/completions", json={"model": "medlora-student", "max_tokens": 4,
+                                                              "messages": [{"role": "user", "content": NOTE}]})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["usage"]["completion_tokens"] <= 4 and body["medlora"]["weights"] == {}
+        assert body["medlora"]["bundle"] == {"name": "medlora-student", "version": "1"}
+        question = client.post("/v1/completions", json={"model": "auto", "prompt": "Does aspirin help?", "max_tokens": 2,
+                                                        "context": "Aspirin lowered mortality in 400 adults."})
+        assert question.json()["medlora"]["answer"] in ("yes", "no", "maybe")
+        assert client.post("/v1/completions", json={"model": "orthopedic", "prompt": NOTE}).status_code == 404
+
+
 def test_a_mixed_batch_answers_as_each_request_alone(finished_project):
     """Rows of one generation pass with different mixes, budgets and kinds get what they get one by one."""
     import mlflow

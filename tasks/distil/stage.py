@@ -108,17 +108,17 @@ def student_start(params: Params, root: Path, base, tokenizer, train: list, val:
         candidates["uniform"] = merged_adapter_state(factors, [1.0 / len(factors)] * len(factors))
     if settings.merge != "auto":
         candidates = {settings.merge: candidates.get(settings.merge)} if settings.merge in candidates else {"none": None}
-    scored = {}
+    losses, best, chosen = {}, None, None
     for name, adapter in candidates.items():
         start = pruned_copy(with_adapter_merged(base, *adapter) if adapter else base, keep)
-        scored[name] = (evaluate_loss(start, val, settings.batch_size, tokenizer.pad_token_id, device, precision)
-                        if len(candidates) > 1 else None, start)
-    chosen = min(scored, key=lambda name: scored[name][0] or 0.0)
-    how = {"student": "pruned", "depth": depth, "kept_layers": keep, "merged": chosen,
-           "start_val_loss": {name: round(loss, 5) for name, (loss, _) in scored.items() if loss is not None}}
+        if len(candidates) > 1:
+            losses[name] = round(evaluate_loss(start, val, settings.batch_size, tokenizer.pad_token_id, device, precision), 5)
+        if best is None or losses[name] < losses[chosen]:
+            best, chosen = start, name
+    how = {"student": "pruned", "depth": depth, "kept_layers": keep, "merged": chosen, "start_val_loss": losses}
     if influence is not None:
         how["block_influence"] = [round(value, 5) for value in influence]
-    return scored[chosen][1], how
+    return best, how
 
 
 def measure_speed(served: ServedSystem, requests: list[Request], tokens: int) -> dict:
@@ -166,7 +166,7 @@ def distil(params: Params, root: Path, progress: bool = True) -> dict:
     pairs = training_pairs(params, root, experts)
     gold_pairs = sample(pairs["train"], settings.examples, params.seed)
     gold = tokenized(params, tokenizer, gold_pairs)
-    val = tokenized(params, tokenizer, pairs["val"])
+    val = tokenized(params, tokenizer, sample(pairs["val"], settings.val_examples, params.seed))
 
     train: list[DistilExample] = [DistilExample(e, GOLD) for e in gold]
     top_k: list[dict] = []
