@@ -45,7 +45,7 @@ def nested(assignments: list[str]) -> dict:
 
 def point_row(keep, result: dict, seconds: float) -> dict:
     rows = {row["system"]: row for row in result["held_out"]}
-    student, baseline, teacher, base = (rows[k] for k in ("student", "supervised-only student", "teacher (routed bundle)", "base model"))
+    student, baseline, teacher, base = (rows.get(k, {}) for k in ("student", "supervised-only student", "teacher (routed bundle)", "base model"))
     row = {"keep": keep, "kept_layers": result["how"].get("kept_layers"), "merged": result["how"].get("merged"),
            "parameters": student["parameters"], "tokens_per_s": student["tokens_per_s"],
            "speedup_over_teacher": result["speedup_over_teacher"], "seconds": round(seconds, 1)}

@@ -325,18 +325,18 @@ class DistilParams(Strict):
     keep_layers: float | list[int] = 0.5      # a share of the base's layers (0 < x < 1), a count (>= 1), or layer indices
     layer_choice: Literal["influence", "even"] = "influence"   # influence: ShortGPT's block influence; even: evenly spaced
     merge: Literal["auto", "none", "multitask", "uniform"] = "auto"  # adapter mix merged into the student's start
-    examples: int = Field(64, ge=0)           # gold training examples distilled on (0: all)
-    hard_prompts: int = Field(16, ge=0)       # training prompts the teacher answers for the hard loss
-    val_examples: int = Field(32, ge=0)       # validation examples (gold) that choose the start and the best step (0: all)
+    examples: int = Field(32, ge=0)           # gold training examples distilled on (0: all)
+    hard_prompts: int = Field(8, ge=0)        # training prompts the teacher answers for the hard loss
+    val_examples: int = Field(16, ge=0)       # validation examples (gold) that choose the start and the best step (0: all)
     loss_weights: DistilLossWeights = DistilLossWeights()
     divergence: Literal["kl", "jsd"] = "kl"   # kl: forward KL(teacher || student); jsd: Jensen-Shannon
     temperature: float = Field(2.0, gt=0)
     top_k: int = Field(32, ge=1)              # teacher logits kept per target token (cached once, data/cache/)
-    max_steps: int = Field(16, ge=1)
+    max_steps: int = Field(8, ge=1)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(2, ge=0)
-    eval_every: int = Field(8, ge=0)          # validation loss (gold targets) every this many steps; the best is kept
+    eval_every: int = Field(4, ge=0)          # validation loss (gold targets) every this many steps; the best is kept
     train_embeddings: bool = False            # the (tied) embeddings are the largest matrix; frozen by default
     baseline: bool = True                     # also a supervised-only student of the same size, the comparison
     speed_requests: int = Field(8, ge=1)      # tokens/s measured on this many held-out prompts in one batch ...

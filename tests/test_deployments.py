@@ -112,9 +112,10 @@ def test_deployments_run_on_a_server_by_a_process_worker_log_to_an_mlflow_server
 
     env = prefect_server
     # The tiny preset with less to train and score (no question expert: its corpus is absent, so it is skipped; no
-    # synthetic examples): this test is about where things run and are logged, not about the models.
+    # synthetic examples, no student): this test is about where things run and are logged, not about the models.
     project = make_project(tmp_path, overrides={
         "finetune": {"task_experts": {"pubmedqa": {"path": str(tmp_path / "no-questions.json")}}}, "augment": {"min_train_notes": 0},
+        "distil": {"enabled": False},
         "route": {"layer": [0], "evaluate_notes": 4}, "serve": {"calibration_requests": 8},
         "evaluate": {"notes": 3, "questions": 4, "adversarial_requests": 0}})
     shutil.copy(PROJECT / "prefect.yaml", project / "prefect.yaml")

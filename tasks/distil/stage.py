@@ -27,7 +27,7 @@ from tasks.finetune.train import evaluate_loss, peak_memory_mb, reset_peak_memor
 from tasks.layout import ADAPTERS_DIR, AUGMENTED_DIR, VALIDATED_DIR
 from tasks.params import MULTITASK_EXPERT, Params
 from tasks.register.bundle_registry import served_budgets
-from tasks.route.mixing import merged_adapter_state
+from tasks.route.mixing import load_expert_factors, merged_adapter_state
 from tasks.route.requests import labelled_requests, routed_experts
 from tasks.route.serve import RoutedSystem
 from tasks.route.stage import ROUTER_MODEL_DIR
@@ -78,8 +78,8 @@ def teacher_generations(teacher, params: Params, pairs: list[Pair], cache: Infer
                                         cache=cache)]
 
 
-def student_start(params: Params, root: Path, base, tokenizer, train: list, val: list, device, precision: str,
-                  adapters: dict[str, Path], experts: list[str], progress: bool) -> tuple[torch.nn.Module, dict]:
+def student_start(params: Params, base, tokenizer, train: list, val: list, device, precision: str,
+                  adapters: dict[str, Path], experts: list[str]) -> tuple[torch.nn.Module, dict]:
     """The student before training, and how it was made: a configured model, or the base's chosen layers, with
     the adapter mix (none, the multi-task adapter, a uniform mix of the routed experts) merged in that gives the
     lowest validation loss when `merge` is auto."""
@@ -98,16 +98,17 @@ def student_start(params: Params, root: Path, base, tokenizer, train: list, val:
     influence = (block_influence(base, train[:32], tokenizer.pad_token_id) if settings.layer_choice == "influence"
                  and not isinstance(settings.keep_layers, list) else None)
     keep = choose_layers(depth, settings.keep_layers, settings.layer_choice, influence)
-    from tasks.route.mixing import load_expert_factors
-
     candidates = {"none": None}
-    if MULTITASK_EXPERT in adapters and settings.merge in ("auto", "multitask"):
-        candidates["multitask"] = merged_adapter_state([load_expert_factors(adapters[MULTITASK_EXPERT], MULTITASK_EXPERT)], [1.0])
-    if experts and settings.merge in ("auto", "uniform"):
+    if settings.merge in ("auto", "multitask"):
+        if MULTITASK_EXPERT in adapters:
+            candidates["multitask"] = merged_adapter_state([load_expert_factors(adapters[MULTITASK_EXPERT], MULTITASK_EXPERT)], [1.0])
+        elif settings.merge == "multitask":
+            raise ValueError("distil.merge is multitask, but no multi-task adapter was trained (finetune.multitask_expert)")
+    if settings.merge in ("auto", "uniform"):
         factors = [load_expert_factors(adapters[e], e) for e in experts]
         candidates["uniform"] = merged_adapter_state(factors, [1.0 / len(factors)] * len(factors))
     if settings.merge != "auto":
-        candidates = {settings.merge: candidates.get(settings.merge)} if settings.merge in candidates else {"none": None}
+        candidates = {settings.merge: candidates[settings.merge]}
     losses, best, chosen = {}, None, None
     for name, adapter in candidates.items():
         start = pruned_copy(with_adapter_merged(base, *adapter) if adapter else base, keep)
@@ -122,17 +123,22 @@ def student_start(params: Params, root: Path, base, tokenizer, train: list, val:
 
 
 def measure_speed(served: ServedSystem, requests: list[Request], tokens: int) -> dict:
-    """Tokens per second of one batch through the serving code, each row generating exactly `tokens`; the process's
-    peak resident memory while it ran."""
+    """Tokens per second of one batch through the serving code, each row generating exactly `tokens`, and the memory
+    it needs: its weights, plus how far the process's peak rose above what it held before, while it generated."""
+    device = pick_device("auto")
     asks = lambda budget: [Ask(r, max_new_tokens=budget, ignore_eos=True) for r in requests]  # noqa: E731
     served.answer(asks(2))  # warm-up: first-call allocations and kernel choices stay out of the timing
-    reset_peak_memory(pick_device("auto"))
+    reset_peak_memory(device)
+    # what is held before it runs: just reset, the peak is the current resident size (allocated, on a GPU)
+    resident = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else peak_memory_mb(device)
     started = time.perf_counter()
     answers = served.answer(asks(tokens))
     seconds = time.perf_counter() - started
     generated = sum(a.completion_tokens for a in answers)
+    weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in served.system.model.parameters()}.values())
+    extra = max(peak_memory_mb(device) - resident, 0.0)
     return {"tokens_per_s": round(generated / seconds, 2), "speed_batch": len(requests), "speed_tokens": tokens,
-            "peak_memory_mb": peak_memory_mb(pick_device("auto"))}
+            "weights_mb": round(weights / 2**20, 1), "peak_memory_mb": round(weights / 2**20 + extra, 1)}
 
 
 def score(engine, items: list[HeldOutItem], params: Params, cache: InferenceCache | None, label: str, progress: bool) -> dict:
@@ -142,7 +148,8 @@ def score(engine, items: list[HeldOutItem], params: Params, cache: InferenceCach
 
 
 def student_safety(student: DenseSystem, val: list[Pair], params: Params, cache: InferenceCache | None) -> dict:
-    """The student's serving thresholds, set on its own validation outputs as the route stage sets the bundle's."""
+    """The student's serving thresholds, set on its own outputs for the validation examples it was chosen on (at most
+    `serve.calibration_requests`), as the route stage sets the bundle's."""
     items = [HeldOutItem(str(k), p.group, p.request, p.target) for k, p in
              enumerate(sample(val, params.serve.calibration_requests, params.seed))]
     scored = score_items(student, items, params, with_losses=False, cache=cache) if items else []
@@ -166,7 +173,8 @@ def distil(params: Params, root: Path, progress: bool = True) -> dict:
     pairs = training_pairs(params, root, experts)
     gold_pairs = sample(pairs["train"], settings.examples, params.seed)
     gold = tokenized(params, tokenizer, gold_pairs)
-    val = tokenized(params, tokenizer, sample(pairs["val"], settings.val_examples, params.seed))
+    val_pairs = sample(pairs["val"], settings.val_examples, params.seed)
+    val = tokenized(params, tokenizer, val_pairs)
 
     train: list[DistilExample] = [DistilExample(e, GOLD) for e in gold]
     top_k: list[dict] = []
@@ -182,7 +190,7 @@ def distil(params: Params, root: Path, progress: bool = True) -> dict:
 
     _, base = load_base(params.base_model, root, device)
     base.requires_grad_(False)
-    start, how = student_start(params, root, base, tokenizer, gold, val, device, precision, adapters, experts, progress)
+    start, how = student_start(params, base, tokenizer, gold, val, device, precision, adapters, experts)
     trainings: list[StudentReport] = []
     students = {}
     runs = [("student", settings.loss_weights.model_dump())] + ([("supervised-only student", SUPERVISED_ONLY)] if settings.baseline else [])
@@ -223,4 +231,4 @@ def distil(params: Params, root: Path, progress: bool = True) -> dict:
                       "bytes": sum(t["indices"].nbytes + t["values"].nbytes for t in top_k), "file_bytes": top_k_cache.stored_bytes(),
                       "reused": top_k_cache.hits, "computed": top_k_cache.misses},
             "examples": {"gold": len(gold), "teacher": len(hard_pairs), "val": len(val)},
-            "budgets": budget, "safety": student_safety(student, pairs["val"], params, cache)}
+            "budgets": budget, "safety": student_safety(student, val_pairs, params, cache)}

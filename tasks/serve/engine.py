@@ -25,7 +25,7 @@ class DenseSystem:
     """One causal LM answers every request: no router, no adapters (a distilled student). It routes nothing and
     mixes nothing, so that `ServedSystem` and evaluation treat it as they treat a routed system."""
 
-    experts: list[str] = []
+    experts: tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, tokenizer, precision: str = "auto"):
         self.model, self.tokenizer, self.precision = model.eval(), tokenizer, precision
