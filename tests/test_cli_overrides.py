@@ -144,13 +144,14 @@ def test_set_makes_dvc_rerun_the_stages_that_read_the_param_and_dvc_lock_records
     assert stale_stages(project, stages) == set()
 
     apply_overrides(project, assignments=["finetune.max_steps=3"])
-    assert stale_stages(project, stages) == {"finetune", "route"}  # both read finetune; nothing upstream does
+    assert stale_stages(project, stages) == {"finetune", "route", "distil"}  # they read finetune; nothing upstream does
     record_stage(project, "finetune")
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert lock["stages"]["finetune"]["params"]["params.yaml"]["finetune"]["max_steps"] == 3
 
+    record_stage(project, "distil")
     apply_overrides(project, assignments=["route.top_k=1"])
-    assert stale_stages(project, stages) == {"route"}
+    assert stale_stages(project, stages) == {"route"}  # distil reads route.compose only
 
 
 def test_pipeline_run_records_preset_and_each_override_in_mlflow(project):
